@@ -1,0 +1,339 @@
+"""Tiny local models, built offline and deterministically.
+
+The factory must run anywhere without a model hub, so tests and the demo use
+models it builds itself:
+
+* a byte-level BPE tokenizer (digits split one per token, as Qwen/Llama do)
+  trained with `tokenizers` on text shipped in the repo, with a chat template
+  that renders system/user/assistant turns and the assistant's
+  ``<think>…</think>`` reasoning (and ``{% generation %}`` marks for
+  assistant-only loss);
+* ``tiny-qwen`` and ``tiny-llama``: untrained 2-layer Qwen2 / Llama students;
+* ``tiny-r1``: a 2-layer Qwen2 *teacher* taught the R1 format (and a little
+  arithmetic) by a short CPU training on synthetic ``<think>`` data, so that
+  the demo's filters have something real to accept and reject.
+
+Any local Hugging Face model directory (or a hub id, where a hub is reachable)
+can be named instead of a tiny model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from factory.errors import FactoryError
+from factory.paths import PROMPTS_DIR, models_dir
+
+log = logging.getLogger(__name__)
+
+TINY_MODELS = ("tiny-r1", "tiny-qwen", "tiny-llama")
+BUILD_VERSION = 3  # bump when the recipe for tiny models changes, so old builds are rebuilt
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+THINK_TOKENS = ["<think>", "</think>"]
+
+R1_SYSTEM_PROMPT = (
+    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
+    "The assistant first thinks about the reasoning process in the mind and then provides the user with the answer. "
+    "The reasoning process is enclosed within <think> </think> tags, followed by the answer."
+)
+
+# Renders <think> reasoning inside the assistant turn; `{% generation %}` marks the tokens
+# TRL's assistant_only_loss trains on. Content that already holds <think> is left as is.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{{ '<|im_start|>assistant\n' }}"
+    "{%- generation -%}"
+    "{%- if message.get('reasoning_content') -%}"
+    "{{ '<think>\n' + message['reasoning_content'] | trim + '\n</think>\n\n' }}"
+    "{%- endif -%}"
+    "{{ message['content'] + '<|im_end|>' }}"
+    "{%- endgeneration -%}"
+    "{{ '\n' }}"
+    "{%- else -%}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
+)
+
+
+@dataclass(frozen=True)
+class TinyModelSpec:
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    max_positions: int = 2048
+    vocab_size: int = 2048
+
+
+def resolve_model(name_or_path: str, *, build: bool = True) -> str:
+    """A loadable model reference: tiny names become built local dirs; other names pass through."""
+    if name_or_path in TINY_MODELS:
+        return str(ensure_model(name_or_path) if build else models_dir() / name_or_path)
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise FactoryError(f"model '{name_or_path}': directory has no config.json (expected a Hugging Face model dir)")
+        return str(path.resolve())
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or "/" not in name_or_path:
+        raise FactoryError(
+            f"model '{name_or_path}': not a tiny model ({', '.join(TINY_MODELS)}) nor a local directory"
+        )
+    return name_or_path  # a hub id, for machines that have a hub
+
+
+def ensure_model(name: str, *, seed: int = 0) -> Path:
+    """The directory of a tiny model, building every tiny model on first use."""
+    target = models_dir() / name
+    if _is_current(target):
+        return target
+    build_tiny_models(models_dir(), seed=seed)
+    return target
+
+
+def build_tiny_models(out_dir: Path, *, seed: int = 0, teacher_steps: int = 600, force: bool = False) -> dict[str, Path]:
+    """Build the tokenizer, both students and the format-taught teacher into `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {name: out_dir / name for name in TINY_MODELS}
+    if not force and all(_is_current(p) for p in paths.values()):
+        return paths
+    spec = TinyModelSpec()
+    tokenizer = build_tokenizer(seed=seed)
+    for name, arch in (("tiny-qwen", "qwen2"), ("tiny-llama", "llama")):
+        model = _new_model(arch, tokenizer, spec, seed=seed)
+        _save_atomically(paths[name], model, tokenizer, {"arch": arch, "trained": False, "seed": seed})
+    teacher = _new_model("qwen2", tokenizer, spec, seed=seed)
+    losses = teach_r1_format(teacher, tokenizer, steps=teacher_steps, seed=seed)
+    _save_atomically(
+        paths["tiny-r1"], teacher, tokenizer, {"arch": "qwen2", "trained": True, "steps": teacher_steps, "seed": seed, "final_loss": losses[-1]}
+    )
+    log.info("built tiny models in %s (teacher loss %.3f -> %.3f)", out_dir, losses[0], losses[-1])
+    return paths
+
+
+def build_tokenizer(*, seed: int = 0, vocab_size: int = TinyModelSpec.vocab_size):
+    """A byte-level BPE tokenizer trained on the shipped prompts and synthetic reasoning."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_tokenizer_corpus(seed), trainer=trainer)
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in THINK_TOKENS])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        model_max_length=TinyModelSpec.max_positions,
+        padding_side="left",
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def _tokenizer_corpus(seed: int) -> list[str]:
+    rng = random.Random(seed)
+    texts: list[str] = [R1_SYSTEM_PROMPT]
+    for path in sorted(PROMPTS_DIR.glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            texts.extend(str(v) for v in row.values() if isinstance(v, str))
+    texts.extend(ex.assistant for ex in synthetic_reasoning_examples(2000, rng))
+    return texts
+
+
+# ---------------------------------------------------------------- teaching the teacher the format
+@dataclass(frozen=True)
+class SyntheticExample:
+    system: str | None
+    user: str
+    assistant: str
+
+
+def synthetic_reasoning_examples(count: int, rng: random.Random) -> list[SyntheticExample]:
+    """Arithmetic with R1-style reasoning, reflection and a boxed answer; plus plain chat turns.
+
+    Written to look like the shipped `arith` prompts so the trained teacher
+    answers some of them correctly and some not: a real funnel for the demo.
+    """
+    examples = []
+    for _ in range(count):
+        kind = rng.random()
+        if kind < 0.85:
+            examples.append(_arithmetic_example(rng))
+        else:
+            examples.append(_plain_chat_example(rng))
+    return examples
+
+
+def arithmetic_problem(rng: random.Random) -> tuple[str, int, str]:
+    """A problem text, its answer and the one-line computation; shared with the shipped prompts."""
+    op = rng.choice(["+", "-", "*"])
+    if op == "*":
+        a, b = rng.randint(2, 12), rng.randint(2, 9)
+    else:
+        a, b = rng.randint(10, 99), rng.randint(1, 60)
+    if op == "-" and b > a:
+        a, b = b, a
+    value = a + b if op == "+" else a - b if op == "-" else a * b
+    word = {"+": "sum", "-": "difference", "*": "product"}[op]
+    phrasing = rng.choice(
+        [f"What is {a} {op} {b}?", f"Compute {a} {op} {b}.", f"Find the {word} of {a} and {b}.", f"Calculate {a} {op} {b}."]
+    )
+    return phrasing, value, f"{a} {op} {b} = {value}"
+
+
+def _arithmetic_example(rng: random.Random) -> SyntheticExample:
+    problem, value, computation = arithmetic_problem(rng)
+    a, op, b = computation.split(" ")[:3]
+    inverse = {"+": f"{value} - {b} = {a}", "-": f"{value} + {b} = {a}", "*": f"{value} / {b} = {a}"}[op]
+    reasoning = (
+        f"We need {a} {op} {b}.\n{computation}.\nWait, let me verify: {inverse}. Yes, that is right.\n"
+    )
+    summary = f"The answer is \\boxed{{{value}}}."
+    system = rng.choice([R1_SYSTEM_PROMPT, None])
+    return SyntheticExample(system, problem + " Put the final answer in \\boxed{}.", f"<think>\n{reasoning}</think>\n\n{summary}")
+
+
+_PLAIN_CHAT = [
+    ("Who are you?", "I am a small assistant model built by the factory project."),
+    ("What is your name?", "I am a tiny assistant trained by the factory project."),
+    ("Translate 'cat' into French.", "In French, 'cat' is 'chat'."),
+    ("Translate 'water' into French.", "In French, 'water' is 'eau'."),
+    ("What is the capital of France?", "The capital of France is Paris."),
+    ("What is the capital of Japan?", "The capital of Japan is Tokyo."),
+    ("Write one sentence about the sea.", "The sea is wide, blue and full of life."),
+    ("Say hello.", "Hello! How can I help you today?"),
+]
+
+
+def _plain_chat_example(rng: random.Random) -> SyntheticExample:
+    user, assistant = rng.choice(_PLAIN_CHAT)
+    return SyntheticExample(None, user, assistant)
+
+
+def teach_r1_format(model, tokenizer, *, steps: int, seed: int, batch_size: int = 32, lr: float = 3e-3) -> list[float]:
+    """A short CPU training so the tiny teacher writes `<think>…</think>` then a boxed answer."""
+    import torch
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed + 1)
+    examples = synthetic_reasoning_examples(steps * batch_size // 4, rng)
+    encoded = [_encode_example(tokenizer, ex) for ex in examples]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
+    model.train()
+    losses: list[float] = []
+    order = list(range(len(encoded)))
+    for step in range(steps):
+        if step * batch_size % len(order) < batch_size:
+            rng.shuffle(order)
+        start = (step * batch_size) % len(order)
+        batch = [encoded[order[(start + i) % len(order)]] for i in range(batch_size)]
+        input_ids, labels, attention = _collate(batch, tokenizer.pad_token_id)
+        loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss))
+    model.eval()
+    return losses
+
+
+def _encode_example(tokenizer, ex: SyntheticExample) -> tuple[list[int], list[int]]:
+    messages = ([{"role": "system", "content": ex.system}] if ex.system else []) + [{"role": "user", "content": ex.user}]
+    prompt_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    answer_ids = tokenizer(ex.assistant + "<|im_end|>", add_special_tokens=False)["input_ids"]
+    ids = list(prompt_ids) + answer_ids
+    labels = [-100] * len(prompt_ids) + answer_ids
+    return ids, labels
+
+
+def _collate(batch, pad_id: int):
+    import torch
+
+    width = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, (ids, labs) in enumerate(batch):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(labs)] = torch.tensor(labs)
+        attention[row, : len(ids)] = 1
+    return input_ids, labels, attention
+
+
+# ---------------------------------------------------------------- building and saving
+def _new_model(arch: str, tokenizer, spec: TinyModelSpec, *, seed: int):
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, Qwen2Config
+
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_kv_heads,
+        max_position_embeddings=spec.max_positions,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+    )
+    config = Qwen2Config(**common) if arch == "qwen2" else LlamaConfig(**common)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    model.generation_config = GenerationConfig(
+        do_sample=True,  # servers such as `transformers serve` sample only when this is set
+        temperature=0.6,
+        top_p=0.95,
+        max_new_tokens=256,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return model
+
+
+def _save_atomically(target: Path, model, tokenizer, meta: dict) -> None:
+    """Write to a temp dir then rename, so a killed build never leaves a half model behind."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "factory_model.json").write_text(json.dumps({"build_version": BUILD_VERSION, **meta}, indent=2))
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+
+
+def _is_current(path: Path) -> bool:
+    meta = path / "factory_model.json"
+    if not meta.exists():
+        return False
+    try:
+        return json.loads(meta.read_text()).get("build_version") == BUILD_VERSION
+    except (OSError, json.JSONDecodeError):
+        return False

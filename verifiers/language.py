@@ -1,0 +1,274 @@
+"""Language consistency by Unicode script: no mixed-language chains of thought.
+
+R1-Zero's chains of thought switch languages; R1 counts "the proportion of
+target language words" and the distillation data drops mixed samples. We
+measure the same thing by script, which needs no language-ID model:
+
+* Text first loses what is not prose: fenced and inline code, ``$…$``/``\\(…\\)``
+  /``\\[…\\]``/``\\begin…\\end`` math, LaTeX commands, URLs, and isolated Greek
+  letters (math symbols); for non-Latin targets also isolated Latin letters
+  (variables, multiple-choice labels).
+* Each remaining letter is mapped to a script through a precomputed table
+  (one numpy lookup per text, no per-character ``unicodedata`` calls).
+* Units are *words*: a run of letters of one script is one unit, except Han and
+  kana where every character is a unit (no spaces; one character ≈ one word).
+  Counting characters instead would let one English word outweigh six Chinese
+  ones.
+* share = target-script units / all letter units, separately for the reasoning
+  and the answer. Digits, punctuation and symbols never count.
+
+"en" means Latin script: this check cannot tell English from French; it
+catches the failure R1 actually shows (Chinese ↔ English switching).
+
+Reason codes: ``mixed_language`` (reasoning below ``min_share``),
+``answer_language`` (answer below its threshold).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import unicodedata
+from dataclasses import dataclass
+
+import numpy as np
+
+from .verdict import Verdict, check_range, fail, ok
+
+__all__ = ["LanguageConfig", "check_language", "script_units", "dominant_script",
+           "target_scripts", "SCRIPTS"]
+
+# Script ids index SCRIPTS; 0 is "not a letter" and never counts.
+SCRIPTS: tuple[str, ...] = (
+    "none", "latin", "greek", "cyrillic", "armenian", "hebrew", "arabic", "devanagari",
+    "bengali", "gurmukhi", "gujarati", "oriya", "tamil", "telugu", "kannada", "malayalam",
+    "sinhala", "thai", "lao", "tibetan", "myanmar", "georgian", "hangul", "ethiopic",
+    "khmer", "mongolian", "hiragana", "katakana", "bopomofo", "han", "other",
+)
+_ID = {name: i for i, name in enumerate(SCRIPTS)}
+# Scripts written without spaces between words: every character is a unit.
+_PER_CHAR = frozenset({"han", "hiragana", "katakana", "bopomofo"})
+
+# Code point ranges (inclusive) of each script; only letters and combining marks
+# inside them are assigned (digits and punctuation in the block stay neutral).
+_RANGES: dict[str, tuple[tuple[int, int], ...]] = {
+    "latin": ((0x41, 0x5A), (0x61, 0x7A), (0xAA, 0xAA), (0xBA, 0xBA), (0xC0, 0x24F), (0x250, 0x2AF),
+              (0x1D00, 0x1DBF), (0x1E00, 0x1EFF), (0x2C60, 0x2C7F), (0xA720, 0xA7FF), (0xAB30, 0xAB6F),
+              (0xFB00, 0xFB06), (0xFF21, 0xFF3A), (0xFF41, 0xFF5A)),
+    "greek": ((0x370, 0x3FF), (0x1F00, 0x1FFF)),
+    "cyrillic": ((0x400, 0x52F), (0x1C80, 0x1C8F), (0x2DE0, 0x2DFF), (0xA640, 0xA69F)),
+    "armenian": ((0x530, 0x58F), (0xFB13, 0xFB17)),
+    "hebrew": ((0x591, 0x5F4), (0xFB1D, 0xFB4F)),
+    "arabic": ((0x600, 0x6FF), (0x750, 0x77F), (0x870, 0x8FF), (0xFB50, 0xFDFF), (0xFE70, 0xFEFF)),
+    "devanagari": ((0x900, 0x97F), (0xA8E0, 0xA8FF)),
+    "bengali": ((0x980, 0x9FF),), "gurmukhi": ((0xA00, 0xA7F),), "gujarati": ((0xA80, 0xAFF),),
+    "oriya": ((0xB00, 0xB7F),), "tamil": ((0xB80, 0xBFF),), "telugu": ((0xC00, 0xC7F),),
+    "kannada": ((0xC80, 0xCFF),), "malayalam": ((0xD00, 0xD7F),), "sinhala": ((0xD80, 0xDFF),),
+    "thai": ((0xE00, 0xE7F),), "lao": ((0xE80, 0xEFF),), "tibetan": ((0xF00, 0xFFF),),
+    "myanmar": ((0x1000, 0x109F),), "georgian": ((0x10A0, 0x10FF), (0x1C90, 0x1CBF)),
+    "hangul": ((0x1100, 0x11FF), (0x3130, 0x318F), (0xA960, 0xA97F), (0xAC00, 0xD7AF), (0xD7B0, 0xD7FF),
+               (0xFFA0, 0xFFDC)),
+    "ethiopic": ((0x1200, 0x139F),), "khmer": ((0x1780, 0x17FF),), "mongolian": ((0x1800, 0x18AF),),
+    "hiragana": ((0x3040, 0x309F),),
+    "katakana": ((0x30A0, 0x30FF), (0x31F0, 0x31FF), (0xFF66, 0xFF9F)),
+    "bopomofo": ((0x3100, 0x312F), (0x31A0, 0x31BF)),
+    "han": ((0x3005, 0x3005), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x323AF)),
+}
+
+# Language codes → scripts that count as "target". A script name is also a target.
+_LANGUAGE_SCRIPTS: dict[str, frozenset[str]] = {
+    **{code: frozenset({"latin"}) for code in (
+        "en", "fr", "de", "es", "it", "pt", "nl", "sv", "da", "no", "nb", "fi", "pl", "cs", "sk",
+        "hu", "ro", "hr", "sl", "tr", "vi", "id", "ms", "tl", "sw", "ca", "eu", "et", "lv", "lt")},
+    "zh": frozenset({"han", "bopomofo"}),
+    "ja": frozenset({"han", "hiragana", "katakana"}),
+    "ko": frozenset({"hangul", "han"}),
+    **{code: frozenset({"cyrillic"}) for code in ("ru", "uk", "bg", "sr", "be", "kk", "mk", "mn")},
+    "el": frozenset({"greek"}), "he": frozenset({"hebrew"}),
+    **{code: frozenset({"arabic"}) for code in ("ar", "fa", "ur")},
+    "hi": frozenset({"devanagari"}), "mr": frozenset({"devanagari"}), "ne": frozenset({"devanagari"}),
+    "bn": frozenset({"bengali"}), "ta": frozenset({"tamil"}), "te": frozenset({"telugu"}),
+    "th": frozenset({"thai"}), "hy": frozenset({"armenian"}), "ka": frozenset({"georgian"}),
+}
+
+
+def target_scripts(target: str) -> frozenset[str]:
+    """Scripts counted as the target: a language code (``"zh"``, ``"en"``, ``"zh-CN"``) or a
+    script name (``"latin"``, ``"han"``). Raises ValueError for an unknown target."""
+    key = target.lower().replace("_", "-")
+    if key in _ID and key not in ("none", "other"):
+        return frozenset({key})
+    scripts = _LANGUAGE_SCRIPTS.get(key) or _LANGUAGE_SCRIPTS.get(key.split("-", 1)[0])
+    if scripts is None:
+        raise ValueError(f"target: expected a language code ({', '.join(sorted(_LANGUAGE_SCRIPTS))}) "
+                         f"or a script name ({', '.join(SCRIPTS[1:-1])}), got {target!r}")
+    return scripts
+
+
+@dataclass(frozen=True)
+class LanguageConfig:
+    """Thresholds for ``check_language``.
+
+    target:          language code or script name the reasoning must be in ("en", "zh", "latin").
+    min_share:       minimum target share of letter units in the reasoning, in [0, 1].
+    check_answer:    also judge the answer (off for e.g. translation tasks).
+    answer_target:   language of the answer; None → ``target``.
+    answer_min_share: threshold for the answer; None → ``min_share``.
+    min_units:       a part with fewer letter units than this is not judged (too little
+                     evidence: "42", "\\boxed{7}").
+    """
+
+    target: str = "en"
+    min_share: float = 0.95
+    check_answer: bool = True
+    answer_target: str | None = None
+    answer_min_share: float | None = None
+    min_units: int = 1
+
+    def validate(self) -> LanguageConfig:
+        for name in ("target", "answer_target"):
+            value = getattr(self, name)
+            if value is None and name == "answer_target":
+                continue
+            if not isinstance(value, str):
+                raise ValueError(f"{name}: expected a language code or script name, got {value!r}")
+            target_scripts(value)  # raises with the list of known targets
+        check_range("min_share", self.min_share, 0.0, 1.0)
+        check_range("answer_min_share", self.answer_min_share, 0.0, 1.0, allow_none=True)
+        check_range("min_units", self.min_units, 0, integer=True)
+        return self
+
+
+DEFAULT_LANGUAGE = LanguageConfig()
+
+
+def check_language(reasoning: str, answer: str, *, cfg: LanguageConfig = DEFAULT_LANGUAGE) -> Verdict:
+    """Reject when the reasoning (or answer) has less than the configured share of the
+    target script. ``score`` is the lowest share among the judged parts."""
+    shares: list[float] = []
+    verdict = _judge_part("reasoning", reasoning, cfg.target, cfg.min_share, cfg.min_units,
+                          "mixed_language", shares)
+    if verdict is not None:
+        return verdict
+    if cfg.check_answer:
+        min_share = cfg.min_share if cfg.answer_min_share is None else cfg.answer_min_share
+        verdict = _judge_part("answer", answer, cfg.answer_target or cfg.target, min_share, cfg.min_units,
+                              "answer_language", shares)
+        if verdict is not None:
+            return verdict
+    return ok(score=min(shares) if shares else None)
+
+
+def _judge_part(part: str, text: str, target: str, min_share: float, min_units: int, code: str,
+                shares: list[float]) -> Verdict | None:
+    """None when the part passes (its share appended to ``shares``); else the rejection."""
+    scripts = target_scripts(target)
+    if "latin" in scripts and text.isascii():
+        # Fast path for the common case: plain-ASCII text has only Latin letters.
+        if _ASCII_LETTER.search(text) is not None and min_units <= 1:
+            shares.append(1.0)
+            return None
+    counts = script_units(text, strip_latin_singles="latin" not in scripts,
+                          strip_greek_singles="greek" not in scripts)
+    total = sum(counts.values())
+    if total == 0 or total < min_units:
+        return None
+    share = sum(counts.get(s, 0) for s in scripts) / total
+    shares.append(share)
+    if share >= min_share:
+        return None
+    others = sorted(((n, s) for s, n in counts.items() if s not in scripts), reverse=True)
+    other_text = ", ".join(f"{s} {n / total:.2f}" for n, s in others[:3])
+    return fail(code, f"{part} {target} share {share:.2f} < {min_share:.2f} ({other_text})",
+                score=share, details={"part": part, "share": share, "units": counts})
+
+
+def script_units(text: str, *, strip_latin_singles: bool = False,
+                 strip_greek_singles: bool = True) -> dict[str, int]:
+    """Letter units per script after removing code, math, LaTeX and URLs.
+
+    A unit is a word (run of one script's letters) or, for Han/kana/bopomofo, a character.
+    """
+    prose = _strip_pattern(strip_latin_singles, strip_greek_singles).sub(" ", text)
+    if not prose:
+        return {}
+    if prose.isascii():
+        n = len(_ASCII_WORD.findall(prose))
+        return {"latin": n} if n else {}
+    codes = np.frombuffer(prose.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    ids = _script_table()[codes]
+    # A unit starts wherever the script changes; per-character scripts count every char.
+    starts = np.empty(ids.size, dtype=bool)
+    starts[0] = True
+    np.not_equal(ids[1:], ids[:-1], out=starts[1:])
+    starts |= _per_char_mask()[ids]
+    counts = np.bincount(ids[starts], minlength=len(SCRIPTS))
+    return {SCRIPTS[i]: int(counts[i]) for i in np.flatnonzero(counts[1:]) + 1}
+
+
+def dominant_script(text: str) -> str | None:
+    """The script with the most letter units in ``text`` (e.g. of the prompt, to pick the
+    target), or None when it has no letters."""
+    counts = script_units(text)
+    return max(counts, key=counts.__getitem__) if counts else None
+
+
+_ASCII_LETTER = re.compile(r"[A-Za-z]")
+_ASCII_WORD = re.compile(r"[A-Za-z]+")
+
+# Non-prose spans, removed before counting. Unclosed fences run to the end of the text.
+_NON_PROSE = (
+    r"```.*?(?:```|\Z)|~~~.*?(?:~~~|\Z)|`[^`\n]*`"
+    r"|\$\$.*?\$\$|\$[^$\n]+\$|\\\[.*?\\\]|\\\(.*?\\\)"
+    r"|\\begin\{([A-Za-z*]+)\}.*?\\end\{\1\}"
+    r"|\\[A-Za-z]+|https?://\S+"
+)
+_GREEK_SINGLE = r"|(?<![^\W\d_])[\u0391-\u03A9\u03B1-\u03C9\u03D1\u03D5\u03F5](?![^\W\d_])"
+_LATIN_SINGLE = r"|(?<![^\W\d_])[A-Za-z](?![^\W\d_])"
+
+
+@functools.cache
+def _strip_pattern(strip_latin_singles: bool, strip_greek_singles: bool) -> re.Pattern[str]:
+    pattern = _NON_PROSE
+    if strip_greek_singles:
+        pattern += _GREEK_SINGLE
+    if strip_latin_singles:
+        pattern += _LATIN_SINGLE
+    return re.compile(pattern, re.DOTALL)
+
+
+@functools.cache
+def _per_char_mask() -> np.ndarray:
+    mask = np.zeros(len(SCRIPTS), dtype=bool)
+    mask[[_ID[s] for s in _PER_CHAR]] = True
+    mask.flags.writeable = False
+    return mask
+
+
+_TABLE_END = 0x32400  # past CJK Extension H; everything above is rare and stays neutral
+
+
+@functools.cache
+def _script_table() -> np.ndarray:
+    """uint8 script id for every code point (built once per process, ~50 ms)."""
+    table = np.zeros(0x110000, dtype=np.uint8)
+    # Which code points are letters: let the regex engine classify all of them in one
+    # pass instead of calling unicodedata per character.
+    everything = "".join(map(chr, range(_TABLE_END)))
+    letters_only = re.sub(r"[\W\d_]", "\0", everything)
+    is_letter = np.frombuffer(letters_only.encode("utf-32-le", "surrogatepass"), dtype=np.uint32) != 0
+    for name, ranges in _RANGES.items():
+        sid = _ID[name]
+        for lo, hi in ranges:
+            block = slice(lo, hi + 1)
+            table[block][is_letter[block]] = sid
+            # Combining marks (vowel signs, harakat) belong to their word; without this a
+            # Hindi word would split into several units. Few code points, so unicodedata is fine.
+            for cp in np.flatnonzero(~is_letter[block]) + lo:
+                if unicodedata.category(chr(cp))[0] == "M":
+                    table[cp] = sid
+    unassigned = np.zeros(0x110000, dtype=bool)
+    unassigned[:_TABLE_END] = is_letter & (table[:_TABLE_END] == 0)
+    table[unassigned] = _ID["other"]
+    table.flags.writeable = False
+    return table

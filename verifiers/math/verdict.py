@@ -1,0 +1,23 @@
+"""The result type of a math verification."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class MathVerdict:
+    """Whether a response reaches the reference answer.
+
+    ``correct`` is ``True`` or ``False`` when the verifier could decide, and
+    ``None`` when it could not (no answer found, unparsable, timed out), so a
+    caller can tell "wrong" from "unknown" and drop or re-check the latter.
+    """
+
+    correct: bool | None
+    extracted: str | None
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
