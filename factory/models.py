@@ -93,15 +93,26 @@ def resolve_model(name_or_path: str, *, build: bool = True) -> str:
 
 
 def ensure_model(name: str, *, seed: int = 0) -> Path:
-    """The directory of a tiny model, building every tiny model on first use."""
+    """The directory of a tiny model, building every tiny model on first use.
+
+    Several processes (tests, a server, the demo) may ask at once: a file lock
+    makes one of them build while the others wait and then reuse the build.
+    """
+    import fcntl
+
     target = models_dir() / name
     if _is_current(target):
         return target
-    build_tiny_models(models_dir(), seed=seed)
+    models_dir().mkdir(parents=True, exist_ok=True)
+    with open(models_dir() / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not _is_current(target):
+            log.info("building tiny models into %s (first use; about a minute)", models_dir())
+            build_tiny_models(models_dir(), seed=seed)
     return target
 
 
-def build_tiny_models(out_dir: Path, *, seed: int = 0, teacher_steps: int = 600, force: bool = False) -> dict[str, Path]:
+def build_tiny_models(out_dir: Path, *, seed: int = 0, teacher_steps: int = 300, force: bool = False) -> dict[str, Path]:
     """Build the tokenizer, both students and the format-taught teacher into `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {name: out_dir / name for name in TINY_MODELS}
@@ -212,9 +223,19 @@ def _arithmetic_example(rng: random.Random) -> SyntheticExample:
         f"We need {a} {op} {b}.\n{computation}.\nWait, let me verify: {inverse}. Yes, that is right.\n"
     )
     summary = f"The answer is \\boxed{{{value}}}."
-    system = rng.choice([R1_SYSTEM_PROMPT, None])
-    return SyntheticExample(system, problem + " Put the final answer in \\boxed{}.", f"<think>\n{reasoning}</think>\n\n{summary}")
+    # Mostly without a system prompt: shorter sequences train faster on CPU.
+    system = R1_SYSTEM_PROMPT if rng.random() < 0.2 else None
+    return SyntheticExample(system, problem + rng.choice(INSTRUCTION_SUFFIXES), f"<think>\n{reasoning}</think>\n\n{summary}")
 
+
+# The instructions the shipped recipes and `factory eval` append to a problem: the teacher
+# sees each in training so that every recipe's prompt is in distribution for it.
+INSTRUCTION_SUFFIXES = [
+    " Put the final answer in \\boxed{}.",
+    " Think step by step, check your work, then put the final answer in \\boxed{}.",
+    " Please reason step by step, and put your final answer within \\boxed{}.",
+    "",
+]
 
 _PLAIN_CHAT = [
     ("Who are you?", "I am a small assistant model built by the factory project."),
@@ -233,7 +254,7 @@ def _plain_chat_example(rng: random.Random) -> SyntheticExample:
     return SyntheticExample(None, user, assistant)
 
 
-def teach_r1_format(model, tokenizer, *, steps: int, seed: int, batch_size: int = 32, lr: float = 3e-3) -> list[float]:
+def teach_r1_format(model, tokenizer, *, steps: int, seed: int, batch_size: int = 16, lr: float = 4e-3) -> list[float]:
     """A short CPU training so the tiny teacher writes `<think>…</think>` then a boxed answer."""
     import torch
 
@@ -258,7 +279,7 @@ def teach_r1_format(model, tokenizer, *, steps: int, seed: int, batch_size: int 
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     model.eval()
     return losses
 

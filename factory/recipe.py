@@ -183,7 +183,7 @@ class GenerateRecipe(Strict):
     description: str = ""
     seed: int = 0
     target_samples: int | None = None  # the paper-scale goal this recipe is written for (documentation)
-    sources: list[SourceConfig] = Field(min_length=1)
+    sources: list[SourceConfig] = Field(default_factory=list)  # may be empty only for replay
     teacher: TeacherConfig
     template: TemplateConfig = TemplateConfig()
     sampling: SamplingConfig = SamplingConfig()
@@ -191,6 +191,12 @@ class GenerateRecipe(Strict):
     filters: list[dict[str, Any]] = Field(default_factory=lambda: [{"step": "format"}])
     selection: SelectionConfig = SelectionConfig()
     output: OutputConfig
+
+    @model_validator(mode="after")
+    def _needs_prompts(self) -> "GenerateRecipe":
+        if not self.sources and self.teacher.backend != "replay":
+            raise ValueError("sources: expected at least one prompt source (only a replay teacher needs none)")
+        return self
 
 
 # ---------------------------------------------------------------- mix

@@ -60,6 +60,8 @@ class ServerState:
     config: FaultConfig = field(default_factory=FaultConfig)
     requests: int = 0  # chat requests received
     answered: int = 0  # chat requests answered 200
+    in_flight: int = 0  # chat requests being handled now
+    max_in_flight: int = 0  # the most handled at once: what a client's concurrency limit allows
     n_seen: Counter = field(default_factory=Counter)  # the `n` values clients asked for
     attempts: Counter = field(default_factory=Counter)  # (content, seed) -> requests seen
     last_body: dict[str, Any] | None = None
@@ -68,6 +70,7 @@ class ServerState:
         return {
             "requests": self.requests,
             "answered": self.answered,
+            "max_in_flight": self.max_in_flight,
             "n_seen": {str(k): v for k, v in self.n_seen.items()},
             "attempts": len(self.attempts),
             "max_attempts": max(self.attempts.values(), default=0),
@@ -76,22 +79,33 @@ class ServerState:
         }
 
 
+STATE = web.AppKey("state", ServerState)
+
+
 def build_app(config: FaultConfig | None = None) -> web.Application:
     state = ServerState(config or FaultConfig())
     app = web.Application()
-    app["state"] = state
+    app[STATE] = state
     app.router.add_post("/v1/chat/completions", _chat)
     app.router.add_get("/v1/models", _models)
-    app.router.add_get("/health", lambda _: web.json_response({"status": "ok"}))
-    app.router.add_get("/_admin/stats", lambda r: web.json_response(r.app["state"].snapshot()))
+    app.router.add_get("/health", _health)
+    app.router.add_get("/_admin/stats", _admin_stats)
     app.router.add_post("/_admin/config", _admin_config)
     app.router.add_post("/_admin/reset", _admin_reset)
     return app
 
 
 # ---------------------------------------------------------------- handlers
+async def _health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _admin_stats(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STATE].snapshot())
+
+
 async def _models(request: web.Request) -> web.Response:
-    config: FaultConfig = request.app["state"].config
+    config: FaultConfig = request.app[STATE].config
     if not config.models_endpoint:
         return web.json_response({"detail": "Not Found"}, status=404)
     if (denied := _auth_error(request, config)) is not None:
@@ -100,9 +114,18 @@ async def _models(request: web.Request) -> web.Response:
 
 
 async def _chat(request: web.Request) -> web.StreamResponse:
-    state: ServerState = request.app["state"]
-    config = state.config
+    state: ServerState = request.app[STATE]
     state.requests += 1
+    state.in_flight += 1
+    state.max_in_flight = max(state.max_in_flight, state.in_flight)
+    try:
+        return await _answer_chat(request, state)
+    finally:
+        state.in_flight -= 1
+
+
+async def _answer_chat(request: web.Request, state: ServerState) -> web.StreamResponse:
+    config = state.config
     if (denied := _auth_error(request, config)) is not None:
         return denied
     try:
@@ -211,7 +234,7 @@ def _error(status: int, message: str, *, kind: str = "Error", headers: dict[str,
 
 
 async def _admin_config(request: web.Request) -> web.Response:
-    state: ServerState = request.app["state"]
+    state: ServerState = request.app[STATE]
     updates = await request.json()
     known = {f.name for f in fields(FaultConfig)}
     unknown = set(updates) - known
@@ -223,8 +246,8 @@ async def _admin_config(request: web.Request) -> web.Response:
 
 
 async def _admin_reset(request: web.Request) -> web.Response:
-    state: ServerState = request.app["state"]
-    state.requests = state.answered = 0
+    state: ServerState = request.app[STATE]
+    state.requests = state.answered = state.max_in_flight = 0
     state.n_seen.clear()
     state.attempts.clear()
     state.last_body = None
@@ -258,7 +281,7 @@ class FaultServer:
 
     @property
     def state(self) -> ServerState:
-        return self.app["state"]
+        return self.app[STATE]
 
     @property
     def config(self) -> FaultConfig:
@@ -286,7 +309,7 @@ class FaultServer:
 
     def reset(self, **config: Any) -> None:
         """Clear the counters and set config fields (between tests sharing one server)."""
-        self.state.requests = self.state.answered = 0
+        self.state.requests = self.state.answered = self.state.max_in_flight = 0
         self.state.n_seen.clear()
         self.state.attempts.clear()
         self.state.last_body = None

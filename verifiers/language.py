@@ -29,14 +29,17 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 
 from .verdict import Verdict, check_range, fail, ok
 
-__all__ = ["LanguageConfig", "check_language", "script_units", "dominant_script",
-           "target_scripts", "SCRIPTS"]
+__all__ = ["LanguageConfig", "check_language_consistency", "validate_language_params", "script_units",
+           "dominant_script", "target_scripts", "SCRIPTS", "LANGUAGE_REASON_CODES"]
+
+LANGUAGE_REASON_CODES: tuple[str, ...] = ("mixed_language", "answer_language")
 
 # Script ids index SCRIPTS; 0 is "not a letter" and never counts.
 SCRIPTS: tuple[str, ...] = (
@@ -48,6 +51,8 @@ SCRIPTS: tuple[str, ...] = (
 _ID = {name: i for i, name in enumerate(SCRIPTS)}
 # Scripts written without spaces between words: every character is a unit.
 _PER_CHAR = frozenset({"han", "hiragana", "katakana", "bopomofo"})
+_FIRST_PER_CHAR = min(_ID[s] for s in _PER_CHAR)
+assert sorted(_ID[s] for s in _PER_CHAR) == list(range(_FIRST_PER_CHAR, _FIRST_PER_CHAR + len(_PER_CHAR)))
 
 # Code point ranges (inclusive) of each script; only letters and combining marks
 # inside them are assigned (digits and punctuation in the block stay neutral).
@@ -107,7 +112,7 @@ def target_scripts(target: str) -> frozenset[str]:
 
 @dataclass(frozen=True)
 class LanguageConfig:
-    """Thresholds for ``check_language``.
+    """Thresholds of ``check_language_consistency``; field names are its keyword options.
 
     target:          language code or script name the reasoning must be in ("en", "zh", "latin").
     min_share:       minimum target share of letter units in the reasoning, in [0, 1].
@@ -115,7 +120,7 @@ class LanguageConfig:
     answer_target:   language of the answer; None → ``target``.
     answer_min_share: threshold for the answer; None → ``min_share``.
     min_units:       a part with fewer letter units than this is not judged (too little
-                     evidence: "42", "\\boxed{7}").
+                     evidence: "42", "\\boxed{7}"); its share is left out of the score.
     """
 
     target: str = "en"
@@ -132,55 +137,112 @@ class LanguageConfig:
                 continue
             if not isinstance(value, str):
                 raise ValueError(f"{name}: expected a language code or script name, got {value!r}")
-            target_scripts(value)  # raises with the list of known targets
+            try:
+                target_scripts(value)
+            except ValueError as exc:  # re-raised under this option's name
+                raise ValueError(f"{name}: {str(exc).split(': ', 1)[1]}") from None
         check_range("min_share", self.min_share, 0.0, 1.0)
         check_range("answer_min_share", self.answer_min_share, 0.0, 1.0, allow_none=True)
         check_range("min_units", self.min_units, 0, integer=True)
+        if not isinstance(self.check_answer, bool):
+            raise ValueError(f"check_answer: expected true or false, got {self.check_answer!r}")
         return self
 
 
-DEFAULT_LANGUAGE = LanguageConfig()
+_FIELDS = frozenset(f.name for f in fields(LanguageConfig))
 
 
-def check_language(reasoning: str, answer: str, *, cfg: LanguageConfig = DEFAULT_LANGUAGE) -> Verdict:
-    """Reject when the reasoning (or answer) has less than the configured share of the
-    target script. ``score`` is the lowest share among the judged parts."""
-    shares: list[float] = []
-    verdict = _judge_part("reasoning", reasoning, cfg.target, cfg.min_share, cfg.min_units,
-                          "mixed_language", shares)
-    if verdict is not None:
-        return verdict
+def validate_language_params(**params: Any) -> LanguageConfig:
+    """The validated config for these keyword options of ``check_language_consistency``.
+
+    Raises ``ValueError("<param>: expected …, got …")`` for an unknown option or a bad value.
+    """
+    unknown = sorted(set(params) - _FIELDS)
+    if unknown:
+        raise ValueError(f"{unknown[0]}: expected one of the language options "
+                         f"({', '.join(sorted(_FIELDS))}), got an unknown option")
+    return LanguageConfig(**params).validate()
+
+
+@dataclass(frozen=True)
+class _Part:
+    """What one part (reasoning or answer) is judged against, resolved once per config."""
+
+    name: str
+    code: str
+    target: str
+    scripts: frozenset[str]
+    script_ids: tuple[int, ...]
+    min_share: float
+    latin_target: bool
+
+
+@functools.lru_cache(maxsize=64)
+def _parts(target: str, min_share: float, options: tuple[tuple[str, Any], ...]) -> tuple[_Part, ...]:
+    # One validation and script resolution per distinct option set, not per sample.
+    cfg = validate_language_params(target=target, min_share=min_share, **dict(options))
+    parts = [_make_part("reasoning", "mixed_language", cfg.target, cfg.min_share)]
     if cfg.check_answer:
-        min_share = cfg.min_share if cfg.answer_min_share is None else cfg.answer_min_share
-        verdict = _judge_part("answer", answer, cfg.answer_target or cfg.target, min_share, cfg.min_units,
-                              "answer_language", shares)
-        if verdict is not None:
-            return verdict
-    return ok(score=min(shares) if shares else None)
+        answer_share = cfg.min_share if cfg.answer_min_share is None else cfg.answer_min_share
+        parts.append(_make_part("answer", "answer_language", cfg.answer_target or cfg.target, answer_share))
+    return tuple(parts)
 
 
-def _judge_part(part: str, text: str, target: str, min_share: float, min_units: int, code: str,
-                shares: list[float]) -> Verdict | None:
-    """None when the part passes (its share appended to ``shares``); else the rejection."""
+def _make_part(name: str, code: str, target: str, min_share: float) -> _Part:
     scripts = target_scripts(target)
-    if "latin" in scripts and text.isascii():
-        # Fast path for the common case: plain-ASCII text has only Latin letters.
-        if _ASCII_LETTER.search(text) is not None and min_units <= 1:
-            shares.append(1.0)
-            return None
-    counts = script_units(text, strip_latin_singles="latin" not in scripts,
-                          strip_greek_singles="greek" not in scripts)
+    return _Part(name, code, target, scripts, tuple(_ID[s] for s in scripts), min_share, "latin" in scripts)
+
+
+def check_language_consistency(reasoning: str, answer: str, *, target: str = "en", min_share: float = 0.95,
+                               **options: Any) -> Verdict:
+    """Reject when the reasoning (``mixed_language``) or the answer (``answer_language``)
+    has less than ``min_share`` of its letter units in the target script.
+
+    ``score`` is the lowest share among the judged parts (None when no part had letters).
+    Further keyword options are the fields of ``LanguageConfig`` (``check_answer``,
+    ``answer_target``, ``answer_min_share``, ``min_units``). Bad options raise ValueError.
+    """
+    parts = _parts(target, min_share, tuple(sorted(options.items())) if options else ())
+    min_units = options.get("min_units", 1)
+    lowest: float | None = None
+    for part, text in zip(parts, (reasoning, answer)):
+        share, counts = _target_share(text, part, min_units)
+        if share is None:
+            continue
+        if share < part.min_share:
+            return _reject(part, share, counts)
+        lowest = share if lowest is None else min(lowest, share)
+    return ok(score=lowest)
+
+
+def _target_share(text: str, part: _Part, min_units: int) -> tuple[float | None, dict[str, int]]:
+    """(share of target-script units, units per script); share None when not judged."""
+    if part.latin_target and min_units <= 1 and _all_letters_latin(text):
+        # Fast path for the common case: every letter in the text is Latin, so whatever
+        # survives the stripping is Latin too.
+        return (1.0 if _ANY_LETTER.search(text) is not None else None), {}
+    counts = script_units(text, strip_latin_singles=not part.latin_target,
+                          strip_greek_singles="greek" not in part.scripts)
     total = sum(counts.values())
     if total == 0 or total < min_units:
-        return None
-    share = sum(counts.get(s, 0) for s in scripts) / total
-    shares.append(share)
-    if share >= min_share:
-        return None
-    others = sorted(((n, s) for s, n in counts.items() if s not in scripts), reverse=True)
+        return None, counts
+    return sum(counts.get(s, 0) for s in part.scripts) / total, counts
+
+
+def _all_letters_latin(text: str) -> bool:
+    # isascii() is O(1) in CPython; otherwise only the non-ASCII runs (a few symbols like
+    # ’ × ≤ in most English samples) go through the slower Unicode-category class.
+    if text.isascii():
+        return True
+    return _NON_LATIN_LETTER.search("\n".join(_NON_ASCII_RUN.findall(text))) is None
+
+
+def _reject(part: _Part, share: float, counts: dict[str, int]) -> Verdict:
+    total = sum(counts.values())
+    others = sorted(((n, s) for s, n in counts.items() if s not in part.scripts), reverse=True)
     other_text = ", ".join(f"{s} {n / total:.2f}" for n, s in others[:3])
-    return fail(code, f"{part} {target} share {share:.2f} < {min_share:.2f} ({other_text})",
-                score=share, details={"part": part, "share": share, "units": counts})
+    return fail(part.code, f"{part.name} {part.target} share {share:.2f} < {part.min_share:.2f} ({other_text})",
+                score=share, details={"part": part.name, "share": share, "units": counts})
 
 
 def script_units(text: str, *, strip_latin_singles: bool = False,
@@ -189,19 +251,24 @@ def script_units(text: str, *, strip_latin_singles: bool = False,
 
     A unit is a word (run of one script's letters) or, for Han/kana/bopomofo, a character.
     """
-    prose = _strip_pattern(strip_latin_singles, strip_greek_singles).sub(" ", text)
+    prose = _NON_PROSE.sub(" ", text)
+    if strip_greek_singles and not prose.isascii() and _GREEK_LETTER.search(prose) is not None:
+        prose = _GREEK_SINGLE.sub(" ", prose)
+    if strip_latin_singles:
+        prose = _LATIN_SINGLE.sub(" ", prose)
     if not prose:
         return {}
-    if prose.isascii():
-        n = len(_ASCII_WORD.findall(prose))
-        return {"latin": n} if n else {}
-    codes = np.frombuffer(prose.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-    ids = _script_table()[codes]
+    if prose.isascii():  # one byte per character: 4x less to look up
+        codes = np.frombuffer(prose.encode("ascii"), dtype=np.uint8)
+    else:
+        codes = np.frombuffer(prose.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    ids = np.take(_script_table(), codes)
     # A unit starts wherever the script changes; per-character scripts count every char.
     starts = np.empty(ids.size, dtype=bool)
     starts[0] = True
     np.not_equal(ids[1:], ids[:-1], out=starts[1:])
-    starts |= _per_char_mask()[ids]
+    # The per-character scripts have consecutive ids, so one wrapping subtraction tests them.
+    starts |= (ids - np.uint8(_FIRST_PER_CHAR)) < np.uint8(len(_PER_CHAR))
     counts = np.bincount(ids[starts], minlength=len(SCRIPTS))
     return {SCRIPTS[i]: int(counts[i]) for i in np.flatnonzero(counts[1:]) + 1}
 
@@ -213,36 +280,31 @@ def dominant_script(text: str) -> str | None:
     return max(counts, key=counts.__getitem__) if counts else None
 
 
-_ASCII_LETTER = re.compile(r"[A-Za-z]")
-_ASCII_WORD = re.compile(r"[A-Za-z]+")
+_ANY_LETTER = re.compile(r"[^\W\d_]")
+# A letter outside the Latin blocks (Basic Latin, Latin-1, Extended-A/B, IPA, Extended
+# Additional, fullwidth); when none occurs, every letter of the text is Latin.
+_NON_LATIN_LETTER = re.compile(
+    r"[^\W\d_A-Za-z\u00AA\u00BA\u00C0-\u02AF\u1D00-\u1DBF\u1E00-\u1EFF\uFF21-\uFF3A\uFF41-\uFF5A]")
+_NON_ASCII_RUN = re.compile(r"[^\x00-\x7f]+")
 
 # Non-prose spans, removed before counting. Unclosed fences run to the end of the text.
-_NON_PROSE = (
-    r"```.*?(?:```|\Z)|~~~.*?(?:~~~|\Z)|`[^`\n]*`"
-    r"|\$\$.*?\$\$|\$[^$\n]+\$|\\\[.*?\\\]|\\\(.*?\\\)"
-    r"|\\begin\{([A-Za-z*]+)\}.*?\\end\{\1\}"
-    r"|\\[A-Za-z]+|https?://\S+"
-)
-_GREEK_SINGLE = r"|(?<![^\W\d_])[\u0391-\u03A9\u03B1-\u03C9\u03D1\u03D5\u03F5](?![^\W\d_])"
-_LATIN_SINGLE = r"|(?<![^\W\d_])[A-Za-z](?![^\W\d_])"
-
-
-@functools.cache
-def _strip_pattern(strip_latin_singles: bool, strip_greek_singles: bool) -> re.Pattern[str]:
-    pattern = _NON_PROSE
-    if strip_greek_singles:
-        pattern += _GREEK_SINGLE
-    if strip_latin_singles:
-        pattern += _LATIN_SINGLE
-    return re.compile(pattern, re.DOTALL)
-
-
-@functools.cache
-def _per_char_mask() -> np.ndarray:
-    mask = np.zeros(len(SCRIPTS), dtype=bool)
-    mask[[_ID[s] for s in _PER_CHAR]] = True
-    mask.flags.writeable = False
-    return mask
+# Every alternative starts with a literal character, so the regex engine scans for the
+# few candidate characters (` ~ $ \ h) in C instead of trying each alternative at every
+# position (about 3x faster on 5k-char samples).
+_NON_PROSE = re.compile(
+    r"`(?:``.*?(?:```|\Z)|[^`\n]*`)"
+    r"|~~~.*?(?:~~~|\Z)"
+    r"|\$(?:\$.*?\$\$|[^$\n]+\$)"
+    r"|\\(?:\[.*?\\\]|\(.*?\\\)|begin\{([A-Za-z*]+)\}.*?\\end\{\1\}|[A-Za-z]+)"
+    r"|https?://\S+",
+    re.DOTALL)
+# Isolated letters are symbols (θ, π, x, the "B" of a multiple-choice answer), not words.
+# The lookbehind comes after the letter (``(?<!X.)`` looks at its left neighbour) so the
+# pattern starts with a character class the engine can scan for.
+_GREEK_LETTER = re.compile(r"[\u0391-\u03A9\u03B1-\u03C9\u03D1\u03D5\u03F5]")
+_GREEK_SINGLE = re.compile(r"[\u0391-\u03A9\u03B1-\u03C9\u03D1\u03D5\u03F5](?<![^\W\d_].)(?![^\W\d_])",
+                           re.DOTALL)
+_LATIN_SINGLE = re.compile(r"[A-Za-z](?<![^\W\d_].)(?![^\W\d_])", re.DOTALL)
 
 
 _TABLE_END = 0x32400  # past CJK Extension H; everything above is rare and stays neutral

@@ -50,6 +50,14 @@ _ANSWER_LEAD = re.compile(r"answer(?:\*\*|\s)*(?:is\b|:|=)(?:\*\*|\s|:)*", re.IG
 _MATH_SEGMENT = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
 _SENTENCE_END = re.compile(r"\.(?:\s|$)|\n")
 _GSM8K_START = frozenset("-+$.0123456789\\")
+# "So 42", "Therefore, x = 5": connectives before a final-line answer.
+_LEAD_WORDS = re.compile(
+    r"^(?:(?:so|thus|therefore|hence|finally|then|total|result|final answer|answer)\b[,:]?\s*)+",
+    re.IGNORECASE,
+)
+# Words outside LaTeX commands; a final line with this many is prose.
+_PROSE_WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")
+MIN_PROSE_WORDS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +233,11 @@ def _final_line(text: str, lo: int, hi: int, max_chars: int) -> Extraction | Non
     if segments:
         last = segments[-1]
         line = next(g for g in last.groups() if g is not None)
+    else:
+        line = _LEAD_WORDS.sub("", line)
+        if len(_PROSE_WORD.findall(line)) >= MIN_PROSE_WORDS:
+            # A sentence with no math in it states no answer.
+            return None
     answer = clean_extracted(line)
     return Extraction(answer, "final_line") if answer else None
 

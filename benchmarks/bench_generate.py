@@ -1,0 +1,248 @@
+"""Throughput of the OpenAI-compatible teacher against a server with a fixed latency.
+
+A local aiohttp server (tests/fault_server.py, in its own process) answers every
+chat request after a fixed artificial latency (200 ms by default). For each
+concurrency c the ideal rate is c / latency; we measure, in the same run:
+
+  * bare     — a minimal aiohttp client loop (c workers, one session, parse JSON):
+               the baseline, i.e. what the hardware and server allow;
+  * teacher  — `OpenAITeacher.astream` (semaphore, retries, balancing, usage, split_think);
+  * store    — optional (`--with-store`): `factory.generate.run_generate` with the
+               same teacher settings, i.e. teacher + sample ids + store + lineage + progress.
+
+Reported: achieved req/s, % of ideal, and each layer's overhead against the bare
+loop. A saturation row (latency 0) shows the client's per-request CPU cost.
+
+    python benchmarks/bench_generate.py            # full sweep
+    python benchmarks/bench_generate.py --quick    # a small run
+    python benchmarks/bench_generate.py --with-store
+
+Numbers are noisy on a shared machine: the server and the client share its cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+from fault_server import FaultConfig, FaultServerProcess  # noqa: E402
+
+from factory.recipe import OpenAIOptions, TeacherConfig  # noqa: E402
+from factory.teachers.base import GenerationRequest  # noqa: E402
+from factory.teachers.openai_backend import OpenAITeacher  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results" / "generate.json"
+MODEL = "fault-model"
+
+
+# ---------------------------------------------------------------- the three clients
+def _body(i: int) -> dict[str, Any]:
+    return {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": f"What is {i} + {i}?"}],
+        "temperature": 0.6,
+        "top_p": 0.95,
+        "max_tokens": 64,
+        "seed": i,
+    }
+
+
+async def bare_loop(url: str, concurrency: int, total: int) -> float:
+    """Seconds for `total` requests with `concurrency` workers on one aiohttp session."""
+    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0)
+    next_index = iter(range(total))
+    done = 0
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal done
+        for i in next_index:
+            async with session.post(f"{url}/chat/completions", json=_body(i)) as response:
+                data = json.loads(await response.read())
+                done += len(data["choices"])
+
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    if done != total:
+        raise RuntimeError(f"bare loop: {done} of {total} answered")
+    return elapsed
+
+
+def make_teacher(url: str, concurrency: int) -> OpenAITeacher:
+    options = OpenAIOptions(endpoints=[url], concurrency=concurrency, timeout_s=60.0, max_retries=3)
+    return OpenAITeacher(TeacherConfig(role="r1_zero", backend="openai", model=MODEL, openai=options))
+
+
+async def teacher_loop(url: str, concurrency: int, total: int) -> float:
+    teacher = make_teacher(url, concurrency)
+    requests = (
+        GenerationRequest(
+            key=f"s{i}", group=f"p{i}", messages=_body(i)["messages"], temperature=0.6, top_p=0.95, max_new_tokens=64, seed=i
+        )
+        for i in range(total)
+    )
+    started = time.perf_counter()
+    done = errors = 0
+    async for completion in teacher.astream(requests):
+        done += 1
+        errors += completion.error is not None
+    elapsed = time.perf_counter() - started
+    if done != total or errors:
+        raise RuntimeError(f"teacher: {done} of {total} answered, {errors} errors")
+    return elapsed
+
+
+def store_run(url: str, concurrency: int, total: int) -> float | None:
+    """Seconds for `run_generate` to produce `total` samples into a fresh store, or None if unavailable."""
+    try:
+        from factory.generate import run_generate
+    except ImportError:
+        return None
+    with tempfile.TemporaryDirectory(prefix="bench-generate-") as tmp:
+        root = Path(tmp)
+        with open(root / "prompts.jsonl", "w") as f:
+            for i in range(total):
+                f.write(json.dumps({"id": f"q{i}", "problem": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n")
+        recipe = {
+            "kind": "generate",
+            "name": "bench_generate",
+            "sources": [{"name": "bench", "path": "prompts.jsonl", "fields": {"id": "id", "prompt": "problem", "reference": "answer"}}],
+            "teacher": {
+                "role": "r1_zero",
+                "backend": "openai",
+                "model": MODEL,
+                "openai": {"endpoints": [url], "concurrency": concurrency, "timeout_s": 60.0, "max_retries": 3},
+            },
+            "sampling": {"n": 1, "temperature": 0.6, "top_p": 0.95, "max_new_tokens": 64},
+            "output": {"dataset": "bench_generate"},
+        }
+        recipe_path = root / "bench_generate.yaml"
+        recipe_path.write_text(json.dumps(recipe))  # JSON is YAML
+        previous_home = os.environ.get("FACTORY_HOME")
+        os.environ["FACTORY_HOME"] = str(root / "home")
+        try:
+            started = time.perf_counter()
+            report = run_generate(str(recipe_path), progress=True)
+            elapsed = time.perf_counter() - started
+        finally:
+            if previous_home is None:
+                os.environ.pop("FACTORY_HOME", None)
+            else:
+                os.environ["FACTORY_HOME"] = previous_home
+        if report.generated != total or report.errors:
+            raise RuntimeError(f"run_generate: {report.generated} of {total} generated, {report.errors} errors")
+        return elapsed
+
+
+# ---------------------------------------------------------------- the sweep
+def best_of(repeats: int, measure: Any) -> float:
+    return min(measure() for _ in range(repeats))
+
+
+def sweep(url: str, latency_s: float, concurrencies: list[int], rounds: int, repeats: int, with_store: bool) -> list[dict[str, Any]]:
+    rows = []
+    for c in concurrencies:
+        total = c * rounds
+        ideal = c / latency_s
+        bare_s = best_of(repeats, lambda: asyncio.run(bare_loop(url, c, total)))
+        teacher_s = best_of(repeats, lambda: asyncio.run(teacher_loop(url, c, total)))
+        row: dict[str, Any] = {
+            "concurrency": c,
+            "requests": total,
+            "ideal_rps": ideal,
+            "bare_rps": total / bare_s,
+            "teacher_rps": total / teacher_s,
+            "teacher_pct_ideal": 100 * total / teacher_s / ideal,
+            "bare_pct_ideal": 100 * total / bare_s / ideal,
+            "teacher_overhead_pct": 100 * (teacher_s / bare_s - 1),
+        }
+        if with_store:
+            store_s = store_run(url, c, total)
+            if store_s is not None:
+                row["store_rps"] = total / store_s
+                row["store_overhead_pct"] = 100 * (store_s / bare_s - 1)
+        rows.append(row)
+        print(_format_row(row), flush=True)
+    return rows
+
+
+def saturation(url: str, concurrency: int, total: int, repeats: int) -> dict[str, Any]:
+    bare_s = best_of(repeats, lambda: asyncio.run(bare_loop(url, concurrency, total)))
+    teacher_s = best_of(repeats, lambda: asyncio.run(teacher_loop(url, concurrency, total)))
+    return {
+        "concurrency": concurrency,
+        "requests": total,
+        "bare_rps": total / bare_s,
+        "teacher_rps": total / teacher_s,
+        "extra_client_us_per_request": 1e6 * (teacher_s - bare_s) / total,
+    }
+
+
+HEADER = f"{'conc':>5} {'reqs':>6} {'ideal/s':>8} {'bare/s':>8} {'teacher/s':>9} {'teacher %ideal':>14} {'overhead vs bare':>16} {'store/s':>8} {'store ovh':>9}"
+
+
+def _format_row(row: dict[str, Any]) -> str:
+    store = f"{row['store_rps']:>8.1f} {row['store_overhead_pct']:>+8.1f}%" if "store_rps" in row else f"{'-':>8} {'-':>9}"
+    return (
+        f"{row['concurrency']:>5} {row['requests']:>6} {row['ideal_rps']:>8.1f} {row['bare_rps']:>8.1f} {row['teacher_rps']:>9.1f} "
+        f"{row['teacher_pct_ideal']:>13.1f}% {row['teacher_overhead_pct']:>+15.1f}% {store}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer requests and one repeat")
+    parser.add_argument("--latency", type=float, default=0.2, help="server latency per request, seconds")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64, 256])
+    parser.add_argument("--with-store", action="store_true", help="also time factory.generate.run_generate")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    rounds, repeats, sat_total = (5, 1, 1000) if args.quick else (20, 2, 4000)
+
+    print(f"server latency {args.latency * 1000:.0f} ms; {rounds} rounds per concurrency; best of {repeats}", flush=True)
+    with FaultServerProcess(FaultConfig(latency_s=args.latency, model=MODEL)) as server:
+        asyncio.run(bare_loop(server.url, 8, 32))  # warm both processes up
+        print(HEADER, flush=True)
+        rows = sweep(server.url, args.latency, args.concurrency, rounds, repeats, args.with_store)
+    with FaultServerProcess(FaultConfig(latency_s=0.0, model=MODEL)) as server:
+        sat = saturation(server.url, 64, sat_total, repeats)
+    print(
+        f"\nsaturation (latency 0, concurrency {sat['concurrency']}, {sat['requests']} requests): "
+        f"bare {sat['bare_rps']:.0f} req/s, teacher {sat['teacher_rps']:.0f} req/s, "
+        f"teacher's extra client cost {sat['extra_client_us_per_request']:.0f} µs/request"
+    )
+    if args.with_store and not any("store_rps" in r for r in rows):
+        print("store mode skipped: factory.generate.run_generate is not available")
+    result = {
+        "benchmark": "generate",
+        "latency_s": args.latency,
+        "quick": args.quick,
+        "rounds": rounds,
+        "repeats": repeats,
+        "rows": rows,
+        "saturation": sat,
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "aiohttp": aiohttp.__version__},
+        "note": "shared machine; server and client share its cores, so numbers are noisy",
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,395 @@
+"""The `factory` command line. It only parses arguments and calls one stage entry point each."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from factory.errors import FactoryError
+
+app = typer.Typer(
+    help="factory: R1-style data generation, filtering, mixing and distillation.\n\n"
+    "Pipeline: sources → generate → store → filter → mix → distill → eval → cards.\n\n"
+    "Start with `factory demo` (tiny local models, a few minutes on a CPU).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(help="Tiny local models for tests and the demo.", no_args_is_help=True)
+verify_app = typer.Typer(help="Run a verifier over a JSONL/Parquet file.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(verify_app, name="verify")
+
+out = Console()
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def one_line_errors(fn: F) -> F:
+    """FactoryError → `error: …` on one line and exit 2; no traceback for bad input."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FactoryError as exc:
+            err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("interrupted; completed work is kept, run the same command to resume")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=err, show_path=False, show_time=False)],
+    )
+    for noisy in ("httpx", "urllib3", "datasets", "filelock", "transformers", "torch"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+# ---------------------------------------------------------------- generate
+@app.command()
+@one_line_errors
+def generate(
+    recipe: Annotated[str, typer.Option("--recipe", "-r", help="Recipe name in recipes/ or a path to a YAML file.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="Dotted overrides, e.g. sampling.n=8 sources.0.limit=50.")] = None,
+    new_run: Annotated[bool, typer.Option("--new-run", help="Recipe changed: start a new run beside the old one.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Recipe changed: append to the old run anyway.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Generate samples with a recipe's teacher; resumes exactly where a killed run stopped.
+
+    Example: factory generate --recipe cold_start sampling.n=2 sources.0.limit=20
+    """
+    from factory.generate import run_generate
+
+    report = run_generate(recipe, overrides, new_run=new_run, force=force, progress=not quiet)
+    table = _kv_table(f"generate → run '{report.run}'", {
+        "prompts": report.prompts,
+        "samples planned": report.planned,
+        "already present": report.already_present,
+        "generated now": report.generated,
+        "failed requests (retried on resume)": report.errors,
+        "retries": report.retries,
+        "completion tokens": report.completion_tokens,
+        "samples/s": f"{report.samples_per_s:.1f}",
+        "tokens/s": f"{report.tokens_per_s:.0f}",
+        **({"cost (USD)": f"{report.cost_usd:.4f}"} if report.cost_usd else {}),
+        **({"adaptive rounds": report.adaptive_rounds, "prompts solved": report.prompts_solved,
+            "accepted / 1M teacher tokens": f"{report.accepted_per_million_tokens:.0f}"} if report.adaptive_rounds else {}),
+        "run dir": report.run_dir,
+    })
+    out.print(table)
+
+
+# ---------------------------------------------------------------- filter
+@app.command("filter")
+@one_line_errors
+def filter_(
+    run: Annotated[str | None, typer.Option("--run", help="Run name (default: the most recent run).")] = None,
+    recipe: Annotated[str | None, typer.Option("--recipe", help="Take filters from this recipe instead of the run's.")] = None,
+    only: Annotated[list[str] | None, typer.Option("--only", help="Run only these steps (repeatable).")] = None,
+    recompute: Annotated[bool, typer.Option("--recompute", help="Recompute verdicts that already exist.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Apply the run's filters (format, language, readability, correctness, judge, dedup, decontam) and select k per prompt.
+
+    Example: factory filter --run cold_start --only format
+    """
+    from factory.filter import run_filter
+
+    report = run_filter(run, recipe=recipe, only=only, recompute=recompute, progress=not quiet)
+    table = Table(title=f"filter funnel — run '{report.run}'")
+    for col in ("step", "in", "passed", "rejected", "unverifiable", "computed", "reused"):
+        table.add_column(col, justify="left" if col == "step" else "right")
+    table.add_row("generated", str(report.generated), "", "", "", "", "")
+    for s in report.steps:
+        table.add_row(s.step, str(s.candidates), str(s.passed), str(s.rejected), str(s.unverifiable), str(s.computed), str(s.reused))
+    table.add_row("selected", "", str(report.selected), "", "", "", "")
+    out.print(table)
+    if report.top_reasons:
+        reasons = Table(title="top rejection reasons")
+        for col in ("step", "reason", "samples"):
+            reasons.add_column(col)
+        for step, code, n in report.top_reasons:
+            reasons.add_row(step, code, str(n))
+        out.print(reasons)
+    out.print(f"prompts with a selected sample: {report.prompts_with_selection}/{report.prompts}")
+
+
+# ---------------------------------------------------------------- mix
+@app.command()
+@one_line_errors
+def mix(
+    recipe: Annotated[str, typer.Option("--recipe", "-r", help="Mix recipe.")] = "sft_mix",
+    overrides: Annotated[list[str] | None, typer.Argument(help="Dotted overrides, e.g. scale=0.001.")] = None,
+) -> None:
+    """Combine curated runs into the SFT training set, to quotas, stratified and seeded.
+
+    Example: factory mix --recipe sft_mix scale=0.01
+    """
+    from factory.mix import run_mix
+
+    report = run_mix(recipe, overrides)
+    table = Table(title=f"mix → dataset '{report.dataset}' ({report.samples} samples)")
+    for col in ("run", "quota", "curated", "taken"):
+        table.add_column(col, justify="right" if col != "run" else "left")
+    for c in report.components:
+        table.add_row(c.run, str(c.quota), str(c.available), str(c.taken))
+    out.print(table)
+    out.print(f"written to {report.path}")
+
+
+# ---------------------------------------------------------------- distill and eval
+@app.command()
+@one_line_errors
+def distill(
+    student: Annotated[str, typer.Option("--student", "-s", help="Student config in recipes/students/ (qwen, llama) or a path.")] = "qwen",
+    data: Annotated[str | None, typer.Option("--data", help="Training set: a mixed dataset name or a Parquet/JSONL path.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output model dir.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")] = False,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after this many optimizer steps.")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="Dotted overrides, e.g. learning_rate=3e-4.")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Fine-tune a student on the curated mix (assistant-only loss, packing, resumable).
+
+    Example: factory distill --student qwen --max-steps 20
+    """
+    from factory.distill import run_distill
+    from factory.recipe import StudentRecipe, load_recipe
+    from factory.errors import RecipeError
+
+    recipe = load_recipe(student, overrides, subdir="students")
+    if not isinstance(recipe, StudentRecipe):
+        raise RecipeError(f"--student {student}: expected a student config (kind: student)")
+    report = run_distill(recipe, data=data, output_dir=output, resume=resume, max_steps=max_steps, progress=not quiet)
+    out.print(_kv_table(f"distill → {report.output_dir}", _public_fields(report)))
+
+
+@app.command("eval")
+@one_line_errors
+def eval_(
+    model: Annotated[str, typer.Option("--model", "-m", help="A model dir (e.g. a distilled student) or a tiny model name.")],
+    bench: Annotated[str, typer.Option("--bench", "-b", help="math500 | gsm8k | aime24 | amc23 | humaneval")] = "gsm8k",
+    k: Annotated[int, typer.Option("-k", help="Samples per problem (pass@1 is averaged over k).")] = 4,
+    limit: Annotated[int | None, typer.Option("--limit", help="First N problems only.")] = None,
+    baseline: Annotated[str | None, typer.Option("--baseline", help="A second model to compare side by side.")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 512,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Evaluate a model on a benchmark with the same verifiers: pass@1 over k samples and pass@k.
+
+    Example: factory eval --model tiny-r1 --bench gsm8k --limit 20 -k 2
+    """
+    from factory.evaluate import run_eval
+
+    report = run_eval(model, bench, k=k, limit=limit, baseline=baseline, max_new_tokens=max_new_tokens, seed=seed)
+    out.print(_kv_table(f"eval {bench}", _public_fields(report)))
+
+
+# ---------------------------------------------------------------- inspection
+@app.command()
+@one_line_errors
+def sql(
+    query: Annotated[str, typer.Argument(help="One read-only query over views samples, verdicts, verdicts_all, runs, mixes, evals.")],
+    format: Annotated[str, typer.Option("--format", "-f", help="table | csv | json")] = "table",
+) -> None:
+    """Query the store with DuckDB (read-only).
+
+    Example: factory sql "SELECT step, passed, count(*) FROM verdicts GROUP BY ALL ORDER BY ALL"
+    """
+    from factory.sql import run_sql
+
+    if format not in ("table", "csv", "json"):
+        raise FactoryError(f"--format: expected table, csv or json, got {format!r}")
+    result = run_sql(query)
+    if format == "json":
+        sys.stdout.write(json.dumps(result.to_dicts(), default=str, ensure_ascii=False) + "\n")
+    elif format == "csv":
+        import csv
+
+        writer = csv.writer(sys.stdout)
+        writer.writerow(result.columns)
+        writer.writerows(result.rows)
+    else:
+        table = Table(show_lines=False)
+        for col in result.columns:
+            table.add_column(col, overflow="fold")
+        for row in result.rows:
+            table.add_row(*["" if v is None else str(v) for v in row])
+        out.print(table)
+        out.print(f"{len(result.rows)} rows")
+
+
+@app.command()
+@one_line_errors
+def card(
+    run: Annotated[str | None, typer.Option("--run", help="Run to describe (default: most recent).")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Where cards are written.")] = Path("data_cards"),
+) -> None:
+    """Write a dataset card (stats, funnel, plots) for a run.
+
+    Example: factory card --run cold_start
+    """
+    from factory.cards import write_card
+
+    path = write_card(run, out_dir)
+    out.print(f"card written to {path}")
+
+
+@app.command()
+@one_line_errors
+def demo(
+    prompts: Annotated[int, typer.Option("--prompts", help="Arithmetic prompts to generate for.")] = 64,
+    steps: Annotated[int, typer.Option("--steps", help="Distillation steps.")] = 30,
+    quiet: Quiet = False,
+) -> None:
+    """generate → filter → mix → distill → sql on the tiny local models (a few minutes on a CPU).
+
+    Example: FACTORY_HOME=/tmp/f factory demo
+    """
+    from factory.demo import run_demo
+
+    run_demo(out, prompts=prompts, distill_steps=steps, progress=not quiet)
+
+
+# ---------------------------------------------------------------- models
+@models_app.command("build")
+@one_line_errors
+def models_build(
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if current.")] = False,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Build the tiny tokenizer, students (tiny-qwen, tiny-llama) and format-taught teacher (tiny-r1).
+
+    Example: factory models build --force
+    """
+    from factory.models import build_tiny_models
+    from factory.paths import models_dir
+
+    paths = build_tiny_models(models_dir(), seed=seed, force=force)
+    for name, path in paths.items():
+        out.print(f"{name}: {path}")
+
+
+# ---------------------------------------------------------------- standalone verifiers and dedup
+@verify_app.command("math")
+@one_line_errors
+def verify_math(
+    path: Annotated[Path, typer.Argument(help="JSONL or Parquet with gold and response columns.")],
+    gold: Annotated[str, typer.Option("--gold", help="Gold answer column.")] = "gold",
+    response: Annotated[str, typer.Option("--response", help="Response column.")] = "response",
+    output: Annotated[Path | None, typer.Option("--out", help="Verdicts file (default: FILE.math_verdicts.jsonl).")] = None,
+    workers: Annotated[int | None, typer.Option("--workers")] = None,
+) -> None:
+    """Check responses against gold answers with the math verifier.
+
+    Example: factory verify math answers.jsonl --gold answer --response completion
+    """
+    from factory.verify import verify_math_file
+
+    report = verify_math_file(path, gold_field=gold, response_field=response, out_path=output, workers=workers)
+    out.print(_kv_table(f"verify math {path}", report))
+
+
+@verify_app.command("code")
+@one_line_errors
+def verify_code(
+    path: Annotated[Path, typer.Argument(help="JSONL or Parquet with a program/response column and tests.")],
+    program: Annotated[str, typer.Option("--program", help="Program or response column (code is extracted from fences).")] = "response",
+    tests: Annotated[str, typer.Option("--tests", help="Tests column (HumanEval test+entry_point, asserts, or stdin/stdout cases).")] = "tests",
+    output: Annotated[Path | None, typer.Option("--out", help="Verdicts file (default: FILE.code_verdicts.jsonl).")] = None,
+    workers: Annotated[int | None, typer.Option("--workers")] = None,
+    timeout_s: Annotated[float, typer.Option("--timeout", help="Seconds per program.")] = 5.0,
+    unsafe_no_sandbox: Annotated[bool, typer.Option("--unsafe-no-sandbox", help="Run without isolation (only if none is available).")] = False,
+) -> None:
+    """Run programs against their tests in the sandbox.
+
+    Example: factory verify code humaneval_samples.jsonl --program completion --tests tests
+    """
+    from factory.verify import verify_code_file
+
+    report = verify_code_file(path, program_field=program, tests_field=tests, out_path=output, workers=workers,
+                              timeout_s=timeout_s, unsafe_no_sandbox=unsafe_no_sandbox)
+    out.print(_kv_table(f"verify code {path}", report))
+
+
+@app.command()
+@one_line_errors
+def dedup(
+    path: Annotated[Path, typer.Argument(help="JSONL or Parquet file.")],
+    field: Annotated[str, typer.Option("--field", help="Text column.")] = "text",
+    threshold: Annotated[float, typer.Option("--threshold", help="MinHash Jaccard threshold in (0, 1].")] = 0.8,
+    num_perm: Annotated[int, typer.Option("--num-perm")] = 128,
+    output: Annotated[Path | None, typer.Option("--out")] = None,
+) -> None:
+    """Exact + MinHash near-duplicate detection on any dataset file.
+
+    Example: factory dedup samples.jsonl --field response --threshold 0.85
+    """
+    from factory.dedup import dedup_file
+
+    report = dedup_file(path, field=field, out_path=output, threshold=threshold, num_perm=num_perm)
+    out.print(_kv_table(f"dedup {path}", report))
+
+
+@app.command()
+@one_line_errors
+def decontaminate(
+    path: Annotated[Path, typer.Argument(help="JSONL or Parquet file.")],
+    fields: Annotated[list[str] | None, typer.Option("--field", help="Text columns to check (repeatable).")] = None,
+    n: Annotated[int, typer.Option("--n", help="Word n-gram size (13 = GPT-3 convention).")] = 13,
+    benchmark: Annotated[list[Path] | None, typer.Option("--benchmark", help="Extra benchmark file (repeatable).")] = None,
+    output: Annotated[Path | None, typer.Option("--out")] = None,
+) -> None:
+    """Find benchmark leakage (GSM8K, MATH-500, AIME24, AMC23, HumanEval + your files) by n-gram overlap.
+
+    Example: factory decontaminate prompts.jsonl --field problem --n 8
+    """
+    from factory.dedup import decontaminate_file
+
+    report = decontaminate_file(path, fields=fields or ["text"], n=n, benchmarks=benchmark, out_path=output)
+    out.print(_kv_table(f"decontaminate {path}", report))
+
+
+# ---------------------------------------------------------------- helpers
+def _kv_table(title: str, values: dict[str, Any]) -> Table:
+    table = Table(title=title, show_header=False)
+    table.add_column("what")
+    table.add_column("value", overflow="fold")
+    for key, value in values.items():
+        if isinstance(value, float):
+            value = f"{value:.4g}"
+        table.add_row(str(key), json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value))
+    return table
+
+
+def _public_fields(report: Any) -> dict[str, Any]:
+    from dataclasses import asdict, is_dataclass
+
+    data = asdict(report) if is_dataclass(report) else dict(report)
+    return {k: v for k, v in data.items() if not k.startswith("_") and not (isinstance(v, list) and len(v) > 20)}
+
+
+if __name__ == "__main__":
+    app()

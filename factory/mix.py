@@ -1,0 +1,147 @@
+"""Mixing: curated runs → one SFT training set, to quotas, stratified, seeded.
+
+The paper's mix is ~600K reasoning + ~200K non-reasoning samples; a mix
+recipe states those quotas at paper scale and a `scale` for small runs. Within
+each component, samples are drawn proportionally across strata (task type,
+source, teacher role) so a small mix keeps the shape of a large one.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from factory.errors import FactoryError, RecipeError
+from factory.filter import read_accepted_ids
+from factory.paths import factory_home, runs_dir
+from factory.recipe import MixRecipe, find_recipe, load_recipe, recipe_hash
+from factory.store import RunStore, utc_now, write_json_atomically, write_parquet_atomically
+
+log = logging.getLogger(__name__)
+
+MIX_MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string()), ("reasoning_content", pa.string())])
+MIX_SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("run", pa.string()),
+        ("source", pa.string()),
+        ("task_type", pa.string()),
+        ("teacher_role", pa.string()),
+        ("prompt_id", pa.string()),
+        ("messages", pa.list_(MIX_MESSAGE)),
+    ]
+)
+COLUMNS = ["sample_id", "run", "source", "task_type", "teacher_role", "prompt_id", "prompt_messages", "reasoning", "answer"]
+
+
+@dataclass
+class ComponentReport:
+    run: str
+    quota: int
+    available: int
+    taken: int
+    by_stratum: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class MixReport:
+    dataset: str
+    path: str
+    samples: int
+    components: list[ComponentReport]
+
+
+def datasets_dir() -> Path:
+    return factory_home() / "datasets"
+
+
+def run_mix(recipe_name: str = "sft_mix", overrides: list[str] | None = None) -> MixReport:
+    """Build the training set a mix recipe describes. The single entry point of this stage."""
+    recipe = load_recipe(recipe_name, overrides)
+    if not isinstance(recipe, MixRecipe):
+        raise RecipeError(f"{recipe_name}: kind '{recipe.kind}' is not a mix recipe")
+    rng = random.Random(recipe.seed)
+    rows: list[dict[str, Any]] = []
+    reports = []
+    for component in recipe.components:
+        quota = max(0, round(component.quota * recipe.scale))
+        candidates = _component_rows(component.run, component.task_types)
+        taken, strata = _stratified_take(candidates, quota, recipe.stratify_by, rng)
+        if len(taken) < quota:
+            log.warning("mix %s: run '%s' has %d curated samples for a quota of %d; taking all", recipe.name, component.run, len(candidates), quota)
+        reports.append(ComponentReport(component.run, quota, len(candidates), len(taken), strata))
+        rows.extend(taken)
+    if not rows:
+        raise FactoryError(f"mix '{recipe.name}': no curated samples in {', '.join(c.run for c in recipe.components)}; "
+                           "run `factory filter --run RUN` first (or check the filters reject less)")
+    rng.shuffle(rows)
+    out = datasets_dir() / recipe.output.dataset
+    table = pa.Table.from_pylist([_training_row(r) for r in rows], schema=MIX_SCHEMA)
+    write_parquet_atomically(table, out / "data" / "part-00000.parquet")
+    manifest = {
+        "kind": "mix", "dataset": recipe.output.dataset, "recipe_name": recipe.name, "recipe_file": str(find_recipe(recipe_name)),
+        "recipe_hash": recipe_hash(recipe), "recipe": recipe.model_dump(mode="json"), "seed": recipe.seed, "samples": len(rows),
+        "components": [asdict(c) for c in reports], "created_at": utc_now().isoformat(),
+    }
+    write_json_atomically(manifest, out / "manifest.json")
+    return MixReport(recipe.output.dataset, str(out), len(rows), reports)
+
+
+def _component_rows(run: str, task_types: list[str] | None) -> list[dict[str, Any]]:
+    store = RunStore(runs_dir() / run)
+    if not store.exists():
+        log.warning("mix component run '%s': not found in %s; skipped (generate and filter it to include it)", run, runs_dir())
+        return []
+    accepted = set(read_accepted_ids(store))
+    if not accepted and not store.verdict_steps():
+        raise FactoryError(f"mix component run '{run}': not filtered yet; run `factory filter --run {run}`")
+    table = store.read_samples(COLUMNS)
+    rows = [r for r in table.to_pylist() if r["sample_id"] in accepted]
+    if task_types:
+        rows = [r for r in rows if r["task_type"] in task_types]
+    return sorted(rows, key=lambda r: r["sample_id"])
+
+
+def _stratified_take(rows: list[dict[str, Any]], quota: int, keys: list[str], rng: random.Random) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Proportional allocation over strata (largest remainder), seeded draws within each."""
+    if quota >= len(rows):
+        strata_counts: dict[str, int] = defaultdict(int)
+        for r in rows:
+            strata_counts[_stratum(r, keys)] += 1
+        return list(rows), dict(strata_counts)
+    strata: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        strata[_stratum(r, keys)].append(r)
+    total = len(rows)
+    exact = {k: quota * len(v) / total for k, v in strata.items()}
+    alloc = {k: int(x) for k, x in exact.items()}
+    leftover = quota - sum(alloc.values())
+    for k in sorted(exact, key=lambda k: (-(exact[k] - alloc[k]), k))[:leftover]:
+        alloc[k] += 1
+    taken: list[dict[str, Any]] = []
+    for k in sorted(strata):
+        taken.extend(rng.sample(strata[k], alloc[k]))
+    return taken, {k: alloc[k] for k in sorted(alloc)}
+
+
+def _stratum(row: dict[str, Any], keys: list[str]) -> str:
+    return "/".join(str(row.get(k)) for k in keys) or "all"
+
+
+def _training_row(row: dict[str, Any]) -> dict[str, Any]:
+    # The SFT pair is (question, response): few-shot turns of the generation prompt are not trained on.
+    prompt = row["prompt_messages"] or []
+    system = [m for m in prompt[:1] if m["role"] == "system"]
+    user = [m for m in prompt if m["role"] == "user"][-1:]
+    messages = [{"role": m["role"], "content": m["content"], "reasoning_content": ""} for m in system + user]
+    messages.append({"role": "assistant", "content": row["answer"] or "", "reasoning_content": row["reasoning"] or ""})
+    return {
+        "sample_id": row["sample_id"], "run": row["run"], "source": row["source"], "task_type": row["task_type"],
+        "teacher_role": row["teacher_role"], "prompt_id": row["prompt_id"], "messages": messages,
+    }

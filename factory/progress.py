@@ -1,0 +1,56 @@
+"""A progress bar for long work: done/total, samples/s, tokens/s, errors and retries."""
+
+from __future__ import annotations
+
+import sys
+import time
+from types import TracebackType
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class RateProgress:
+    """rich progress on stderr; a no-op when disabled (tests, `--quiet`, piped output in CI)."""
+
+    def __init__(self, label: str, *, total: int, done: int = 0, enabled: bool = True, unit: str = "samples") -> None:
+        self.enabled = enabled
+        self.started = time.monotonic()
+        self.count = 0
+        self.tokens = 0
+        self.unit = unit
+        self._progress: Progress | None = None
+        if enabled:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rates]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=Console(file=sys.stderr),
+                transient=False,
+            )
+            self._task = self._progress.add_task(label, total=total, completed=done, rates="")
+
+    def __enter__(self) -> "RateProgress":
+        if self._progress:
+            self._progress.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self._progress:
+            self._progress.stop()
+
+    def update(self, advance: int = 1, *, tokens: int = 0, errors: int = 0, retries: int = 0) -> None:
+        self.count += advance
+        self.tokens += tokens
+        if not self._progress:
+            return
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        rates = f"{self.count / elapsed:.1f} {self.unit}/s"
+        if self.tokens:
+            rates += f" · {self.tokens / elapsed:.0f} tok/s"
+        if errors or retries:
+            rates += f" · errors {errors} · retries {retries}"
+        self._progress.update(self._task, advance=advance, rates=rates)

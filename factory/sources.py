@@ -1,0 +1,171 @@
+"""Prompt sources: JSONL, Parquet or a saved `datasets` dir, mapped to prompt records by recipe fields."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from factory.errors import RecipeError
+from factory.recipe import SourceConfig, resolve_data_path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    """One prompt, ready to be templated. `prompt_id` is unique across a recipe's sources."""
+
+    prompt_id: str
+    source: str
+    prompt: str
+    reference: str | None
+    task_type: str
+    language: str
+    tests: str | None = None  # JSON text: verifiers.code.CodeTests.from_dict input
+    system: str | None = None
+    fields: dict[str, Any] = field(default_factory=dict)  # the whole row, for template placeholders
+
+
+def load_prompts(sources: list[SourceConfig], recipe_file: Path) -> list[PromptRecord]:
+    """Every prompt of every source, in a stable order; duplicate ids are an error."""
+    records: list[PromptRecord] = []
+    seen: set[str] = set()
+    for index, source in enumerate(sources):
+        path = resolve_data_path(source.path, recipe_file)
+        rows = list(_read_rows(path, source, where=f"{recipe_file}: sources[{index}]"))
+        if not rows:
+            raise RecipeError(f"{path}: sources[{index}] ({source.name}) has no rows; expected at least one prompt")
+        for row_number, row in enumerate(rows):
+            record = _to_record(row, row_number, source, path)
+            if record.prompt_id in seen:
+                raise RecipeError(f"{path}: row {row_number + 1}: field '{source.fields.id}': duplicate id {record.prompt_id!r}")
+            seen.add(record.prompt_id)
+            records.append(record)
+    return records
+
+
+def _read_rows(path: Path, source: SourceConfig, *, where: str) -> Iterator[dict[str, Any]]:
+    fmt = source.format if source.format != "auto" else _detect_format(path)
+    limit = source.limit
+    if fmt == "jsonl":
+        yield from _read_jsonl(path, limit)
+    elif fmt == "parquet":
+        yield from _read_parquet(path, limit)
+    elif fmt == "datasets":
+        yield from _read_saved_dataset(path, source.split, limit, where)
+    else:
+        raise RecipeError(f"{where}.format: expected jsonl, parquet or datasets, got {fmt!r} for {path}")
+
+
+def _detect_format(path: Path) -> str:
+    if path.is_dir():
+        if any(path.glob("*.parquet")):
+            return "parquet"
+        return "datasets"
+    if path.suffix in (".jsonl", ".json", ".ndjson"):
+        return "jsonl"
+    if path.suffix == ".parquet":
+        return "parquet"
+    return path.suffix.lstrip(".")
+
+
+def _read_jsonl(path: Path, limit: int | None) -> Iterator[dict[str, Any]]:
+    count = 0
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise RecipeError(f"{path}:{line_number}: invalid JSON ({exc.msg}); expected one object per line") from None
+            if not isinstance(row, dict):
+                raise RecipeError(f"{path}:{line_number}: expected a JSON object, got {type(row).__name__}")
+            yield row
+            count += 1
+            if limit and count >= limit:
+                return
+
+
+def _read_parquet(path: Path, limit: int | None) -> Iterator[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+    count = 0
+    for file in files:
+        for batch in pq.ParquetFile(file).iter_batches(batch_size=1024):
+            for row in batch.to_pylist():
+                yield row
+                count += 1
+                if limit and count >= limit:
+                    return
+
+
+def _read_saved_dataset(path: Path, split: str | None, limit: int | None, where: str) -> Iterator[dict[str, Any]]:
+    from datasets import DatasetDict, load_from_disk
+
+    try:
+        data = load_from_disk(str(path))
+    except FileNotFoundError as exc:
+        raise RecipeError(f"{where}.path: {path} is not a saved `datasets` dir ({exc})") from None
+    if isinstance(data, DatasetDict):
+        if split is None or split not in data:
+            raise RecipeError(f"{where}.split: expected one of {sorted(data)}, got {split!r}")
+        data = data[split]
+    for i, row in enumerate(data):
+        if limit and i >= limit:
+            return
+        yield row
+
+
+def _to_record(row: dict[str, Any], row_number: int, source: SourceConfig, path: Path) -> PromptRecord:
+    fields = source.fields
+    prompt = _required(row, fields.prompt, row_number, path)
+    raw_id = row.get(fields.id) if fields.id else None
+    if fields.id and fields.id not in row:
+        raise RecipeError(f"{path}: row {row_number + 1}: missing field '{fields.id}' (sources.fields.id); set fields.id: null to number rows")
+    local_id = str(raw_id) if raw_id is not None else str(row_number)
+    reference = _optional(row, fields.reference)
+    tests = row.get(fields.tests) if fields.tests else None
+    if tests is not None and not isinstance(tests, str):
+        tests = json.dumps(_merge_tests(tests, row), sort_keys=True)
+    task_type = _optional(row, fields.task_type) or source.task_type
+    language = _optional(row, fields.language) or source.language
+    system = _optional(row, fields.system)
+    return PromptRecord(
+        prompt_id=f"{source.name}/{local_id}",
+        source=source.name,
+        prompt=str(prompt),
+        reference=None if reference is None else str(reference),
+        task_type=str(task_type),
+        language=str(language),
+        tests=tests,
+        system=system,
+        fields={k: v for k, v in row.items() if isinstance(v, (str, int, float, bool)) or v is None},
+    )
+
+
+def _merge_tests(tests: Any, row: dict[str, Any]) -> Any:
+    # HumanEval-style tests need the entry point, which lives beside them in the row.
+    if isinstance(tests, dict) and "entry_point" not in tests and "entry_point" in row:
+        return {**tests, "entry_point": row["entry_point"]}
+    return tests
+
+
+def _required(row: dict[str, Any], name: str, row_number: int, path: Path) -> Any:
+    value = row.get(name)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        keys = ", ".join(sorted(row)[:8])
+        raise RecipeError(f"{path}: row {row_number + 1}: missing field '{name}' (sources.fields.prompt); row has: {keys}")
+    return value
+
+
+def _optional(row: dict[str, Any], name: str | None) -> str | None:
+    if not name:
+        return None
+    value = row.get(name)
+    return None if value is None else str(value)

@@ -1,0 +1,291 @@
+"""The sample store: append-only Parquet shards, verdict shards and a manifest per run.
+
+Layout of one run (default ``$FACTORY_HOME/runs/<dataset>``)::
+
+    manifest.json                 recipe, seed, versions, shards, counts (rewritten atomically)
+    samples/part-000001-<id>.parquet   generated samples, never rewritten
+    verdicts/<step>/part-*.parquet     one row per (sample_id, step) decision
+    errors.jsonl                  requests that failed after all retries (retried on resume)
+
+A shard is written under a hidden temporary name, fsynced, then renamed, so a
+reader (or a resumed writer) never sees a partial shard. The directory listing,
+not the manifest, is the source of truth for which shards exist: a crash
+between the rename and the manifest update loses nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from factory.errors import StoreError
+from factory.paths import runs_dir
+
+log = logging.getLogger(__name__)
+
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+
+SAMPLE_SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("run", pa.string()),
+        ("recipe", pa.string()),
+        ("recipe_hash", pa.string()),
+        ("prompt_id", pa.string()),
+        ("sample_index", pa.int32()),
+        ("source", pa.string()),
+        ("task_type", pa.string()),
+        ("language", pa.string()),
+        ("prompt", pa.string()),
+        ("prompt_messages", pa.list_(MESSAGE)),
+        ("reference", pa.string()),
+        ("tests", pa.string()),
+        ("teacher_role", pa.string()),
+        ("backend", pa.string()),
+        ("model", pa.string()),
+        ("temperature", pa.float32()),
+        ("top_p", pa.float32()),
+        ("max_new_tokens", pa.int32()),
+        ("seed", pa.int64()),
+        ("text", pa.string()),
+        ("reasoning", pa.string()),
+        ("answer", pa.string()),
+        ("finish_reason", pa.string()),
+        ("prompt_tokens", pa.int32()),
+        ("completion_tokens", pa.int32()),
+        ("latency_s", pa.float32()),
+        ("attempts", pa.int32()),
+        ("endpoint", pa.string()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+VERDICT_SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("step", pa.string()),
+        ("passed", pa.bool_()),  # null = could not be decided (unverifiable)
+        ("code", pa.string()),  # stable rejection code, null when passed
+        ("reason", pa.string()),
+        ("score", pa.float64()),
+        ("detail", pa.string()),  # JSON
+        ("config_hash", pa.string()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+def make_sample_id(recipe_hash: str, prompt_id: str, sample_index: int) -> str:
+    """Stable id of one (recipe, prompt, sample index): the key of exactly-once generation."""
+    digest = hashlib.sha256(f"{recipe_hash}\x1f{prompt_id}\x1f{sample_index}".encode()).hexdigest()
+    return digest[:32]
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def write_parquet_atomically(table: pa.Table, target: Path) -> None:
+    """Temp name → fsync → rename → fsync dir: the file appears complete or not at all."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with open(tmp, "wb") as handle:
+            pq.write_table(table, handle, compression="zstd")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(target.parent)
+
+
+def write_json_atomically(data: Any, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
+    with open(tmp, "w") as handle:
+        json.dump(data, handle, indent=2, default=str)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, target)
+    _fsync_dir(target.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def visible_shards(directory: Path) -> list[Path]:
+    """Complete shards only: temp files are hidden and do not end in .parquet."""
+    if not directory.exists():
+        return []
+    return sorted(p for p in directory.glob("part-*.parquet") if p.is_file())
+
+
+def _shard_name(sequence: int) -> str:
+    return f"part-{sequence:06d}-{uuid.uuid4().hex[:8]}.parquet"
+
+
+@dataclass
+class RunStore:
+    """One run directory. Append-only: samples and verdicts are only ever added."""
+
+    root: Path
+
+    @classmethod
+    def for_dataset(cls, dataset: str, base: Path | None = None) -> "RunStore":
+        return cls((base or runs_dir()) / dataset)
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def samples_dir(self) -> Path:
+        return self.root / "samples"
+
+    @property
+    def verdicts_dir(self) -> Path:
+        return self.root / "verdicts"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest.json"
+
+    def exists(self) -> bool:
+        return self.manifest_path.exists()
+
+    # ---------------------------------------------------------------- manifest
+    def read_manifest(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.manifest_path.read_text())
+        except FileNotFoundError:
+            raise StoreError(f"{self.root}: no run here (no manifest.json); run `factory generate` first") from None
+        except json.JSONDecodeError as exc:
+            raise StoreError(f"{self.manifest_path}: unreadable manifest ({exc.msg} at line {exc.lineno})") from None
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        manifest = dict(manifest)
+        manifest["updated_at"] = utc_now().isoformat()
+        manifest["shards"] = [p.name for p in visible_shards(self.samples_dir)]
+        write_json_atomically(manifest, self.manifest_path)
+
+    # ---------------------------------------------------------------- samples
+    def sample_shards(self) -> list[Path]:
+        return visible_shards(self.samples_dir)
+
+    def next_sequence(self, directory: Path) -> int:
+        shards = visible_shards(directory)
+        if not shards:
+            return 1
+        return max(int(p.name.split("-")[1]) for p in shards) + 1
+
+    def append_samples(self, rows: Sequence[dict[str, Any]]) -> Path | None:
+        """Write one new shard of samples; returns its path (None when `rows` is empty)."""
+        if not rows:
+            return None
+        table = pa.Table.from_pylist(list(rows), schema=SAMPLE_SCHEMA)
+        target = self.samples_dir / _shard_name(self.next_sequence(self.samples_dir))
+        write_parquet_atomically(table, target)
+        return target
+
+    def sample_ids(self) -> set[str]:
+        return set(self.read_column("sample_id"))
+
+    def read_column(self, column: str) -> list[Any]:
+        values: list[Any] = []
+        for shard in self.sample_shards():
+            values.extend(pq.read_table(shard, columns=[column]).column(column).to_pylist())
+        return values
+
+    def read_samples(self, columns: Sequence[str] | None = None) -> pa.Table:
+        shards = self.sample_shards()
+        if not shards:
+            return SAMPLE_SCHEMA.empty_table() if columns is None else SAMPLE_SCHEMA.empty_table().select(list(columns))
+        tables = [pq.read_table(s, columns=list(columns) if columns else None) for s in shards]
+        return pa.concat_tables(tables)
+
+    def iter_sample_batches(self, columns: Sequence[str] | None = None, batch_size: int = 4096) -> Iterable[pa.RecordBatch]:
+        for shard in self.sample_shards():
+            yield from pq.ParquetFile(shard).iter_batches(batch_size=batch_size, columns=list(columns) if columns else None)
+
+    # ---------------------------------------------------------------- verdicts
+    def verdict_dir(self, step: str) -> Path:
+        return self.verdicts_dir / step
+
+    def append_verdicts(self, step: str, rows: Sequence[dict[str, Any]]) -> Path | None:
+        if not rows:
+            return None
+        table = pa.Table.from_pylist(list(rows), schema=VERDICT_SCHEMA)
+        directory = self.verdict_dir(step)
+        target = directory / _shard_name(self.next_sequence(directory))
+        write_parquet_atomically(table, target)
+        return target
+
+    def read_verdicts(self, step: str) -> pa.Table:
+        """All verdict rows of a step, latest last (shards are sequence-ordered)."""
+        shards = visible_shards(self.verdict_dir(step))
+        if not shards:
+            return VERDICT_SCHEMA.empty_table()
+        return pa.concat_tables([pq.read_table(s) for s in shards])
+
+    def latest_verdicts(self, step: str) -> dict[str, dict[str, Any]]:
+        """sample_id → its most recent verdict row for `step`."""
+        latest: dict[str, dict[str, Any]] = {}
+        for row in self.read_verdicts(step).to_pylist():
+            latest[row["sample_id"]] = row
+        return latest
+
+    def verdict_steps(self) -> list[str]:
+        if not self.verdicts_dir.exists():
+            return []
+        return sorted(p.name for p in self.verdicts_dir.iterdir() if p.is_dir())
+
+    # ---------------------------------------------------------------- errors
+    def log_errors(self, rows: Sequence[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        with open(self.root / "errors.jsonl", "a") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, default=str) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def list_runs(base: Path | None = None) -> list[RunStore]:
+    base = base or runs_dir()
+    if not base.exists():
+        return []
+    return [RunStore(p) for p in sorted(base.iterdir()) if (p / "manifest.json").exists()]
+
+
+def open_run(name: str | None, base: Path | None = None) -> RunStore:
+    """The run a command names, or the only/most recent one when none is named."""
+    base = base or runs_dir()
+    if name:
+        path = Path(name)
+        store = RunStore(path) if (path / "manifest.json").exists() else RunStore(base / name)
+        if not store.exists():
+            known = ", ".join(r.name for r in list_runs(base)) or "none yet"
+            raise StoreError(f"--run {name}: no such run in {base} (known: {known})")
+        return store
+    runs = list_runs(base)
+    if not runs:
+        raise StoreError(f"no runs in {base}: run `factory generate --recipe cold_start` first")
+    return max(runs, key=lambda r: r.manifest_path.stat().st_mtime)

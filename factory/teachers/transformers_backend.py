@@ -1,0 +1,149 @@
+"""The embedded default teacher: Hugging Face transformers, batched, left-padded, on CPU or GPU."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable
+from itertools import groupby
+
+from factory.errors import TeacherError
+from factory.recipe import TeacherConfig
+from factory.teachers.base import Completion, GenerationRequest, Teacher, split_think
+
+log = logging.getLogger(__name__)
+
+
+class TransformersTeacher(Teacher):
+    """Runs `model.generate` over batches of requests that share sampling settings.
+
+    Generation runs in a worker thread so the engine's event loop keeps
+    flushing shards and updating progress while the model computes.
+    """
+
+    backend = "transformers"
+
+    def __init__(self, config: TeacherConfig) -> None:
+        super().__init__(config.role, config.model)
+        self.options = config.transformers
+        self._model = None
+        self._tokenizer = None
+        self.model_path: str | None = None
+
+    # ---------------------------------------------------------------- loading
+    def check(self) -> None:
+        self._load()
+
+    def _load(self) -> None:
+        if self._model is not None:
+            return
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from factory.models import resolve_model
+
+        self.model_path = resolve_model(self.model)
+        device = self.options.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.options.dtype]
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+            model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype)
+        except (OSError, ValueError) as exc:
+            raise TeacherError(f"teacher.model '{self.model}': cannot load ({str(exc).splitlines()[0]})") from None
+        if tokenizer.chat_template is None:
+            raise TeacherError(f"teacher.model '{self.model}': tokenizer has no chat template; expected a chat model")
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self._tokenizer = tokenizer
+        self._model = model.to(device).eval()
+        self._device = device
+
+    def close(self) -> None:
+        self._model = None
+        self._tokenizer = None
+
+    # ---------------------------------------------------------------- generation
+    async def astream(self, requests: Iterable[GenerationRequest]) -> AsyncIterator[Completion]:
+        self._load()
+        for batch in self._batches(requests):
+            self.stats.requests += len(batch)
+            completions = await asyncio.to_thread(self._generate_batch, batch)
+            for completion in completions:
+                self.stats.completed += 1
+                self.stats.prompt_tokens += completion.prompt_tokens
+                self.stats.completion_tokens += completion.completion_tokens
+                yield completion
+
+    def _batches(self, requests: Iterable[GenerationRequest]) -> Iterable[list[GenerationRequest]]:
+        size = self.options.batch_size
+
+        def settings(r: GenerationRequest) -> tuple[float, float, int]:
+            return (r.temperature, r.top_p, r.max_new_tokens)
+
+        # Consecutive requests with equal settings share a forward pass; order is kept for determinism.
+        for _, same in groupby(requests, key=settings):
+            chunk: list[GenerationRequest] = []
+            for request in same:
+                chunk.append(request)
+                if len(chunk) == size:
+                    yield chunk
+                    chunk = []
+            if chunk:
+                yield chunk
+
+    def _generate_batch(self, batch: list[GenerationRequest]) -> list[Completion]:
+        import torch
+
+        tokenizer, model = self._tokenizer, self._model
+        started = time.perf_counter()
+        encoded = tokenizer.apply_chat_template(
+            [r.messages for r in batch], add_generation_prompt=True, return_tensors="pt", padding=True, return_dict=True
+        ).to(self._device)
+        first = batch[0]
+        torch.manual_seed(first.seed)  # the batch's first request seeds it: same batches, same samples
+        sampling = first.temperature > 0
+        with torch.inference_mode():
+            output = model.generate(
+                **encoded,
+                max_new_tokens=first.max_new_tokens,
+                do_sample=sampling,
+                temperature=first.temperature if sampling else None,
+                top_p=first.top_p if sampling else None,
+                top_k=0 if sampling else None,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+        latency = (time.perf_counter() - started) / len(batch)
+        prompt_width = encoded["input_ids"].shape[1]
+        prompt_lengths = encoded["attention_mask"].sum(dim=1).tolist()
+        return [
+            self._completion(request, output[row, prompt_width:].tolist(), int(prompt_lengths[row]), latency)
+            for row, request in enumerate(batch)
+        ]
+
+    def _completion(self, request: GenerationRequest, new_ids: list[int], prompt_tokens: int, latency: float) -> Completion:
+        tokenizer = self._tokenizer
+        eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+        finish = "length"
+        if eos in new_ids:
+            new_ids = new_ids[: new_ids.index(eos)]
+            finish = "stop"
+        while new_ids and new_ids[-1] == pad:
+            new_ids.pop()
+        raw = tokenizer.decode(new_ids, skip_special_tokens=True)
+        text, reasoning, answer = split_think(raw)
+        return Completion(
+            key=request.key,
+            text=text,
+            reasoning=reasoning,
+            answer=answer,
+            finish_reason=finish,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=len(new_ids) + (1 if finish == "stop" else 0),
+            latency_s=latency,
+            endpoint="local",
+        )

@@ -1,0 +1,391 @@
+"""Code that runs inside the sandbox, in two processes that do not trust each other.
+
+* The *program* process (``serve_program``) runs the untrusted program and then
+  answers calls: "call function #3 with these plain-data arguments". It never
+  sees the tests' expected values and never decides anything.
+* The *test* process (``run_test_side``) runs the test code with the program's
+  functions replaced by ``RemoteObject`` proxies. Results come back as plain
+  data rebuilt from builtin types, so ``assert candidate(x) == y`` is evaluated
+  by real ``int``/``list``/... comparisons in a process the program cannot
+  touch (different uid, no shared memory, no shared fds). The test process
+  reports each finished case to the worker over a pipe the program does not
+  hold: ``sys.exit(0)``, ``os._exit(0)``, a ``SystemExit`` raised inside an
+  assert, patched builtins, printed "success" markers and ``__eq__`` overrides
+  therefore cannot produce a pass.
+"""
+
+from __future__ import annotations
+
+import builtins
+import importlib
+import os
+import sys
+import traceback
+import types
+from typing import Any
+
+from . import wire
+
+VIOLATION_FILE = ".sandbox_violation"
+_DETAIL_CHARS = 600
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+_NETWORK_EVENTS = frozenset({"socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg"})
+_PROCESS_EVENTS = frozenset({"subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn",
+                             "pty.spawn"})
+
+
+def _tail(text: str, limit: int = _DETAIL_CHARS) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else "…" + text[-limit:]
+
+
+# --------------------------------------------------------------------------- program side
+
+def install_policy_hook(workdir: str) -> None:
+    """Record (and refuse) network, subprocess and out-of-directory writes.
+
+    The kernel enforces the real boundary (namespaces, uid, read-only mounts);
+    this hook only labels attempts so the verdict can say ``violation``. The
+    program can bypass or forge it, which can only make its own verdict worse.
+    """
+    root = os.path.realpath(workdir) + os.sep
+    marker = os.path.join(root, VIOLATION_FILE)
+    allowed = ("/dev/null", "/dev/stdout", "/dev/stderr")
+
+    def record(what: str) -> None:
+        try:
+            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            os.write(fd, (what[:300] + "\n").encode("utf-8", "replace"))
+            os.close(fd)
+        except OSError:
+            pass
+        raise PermissionError(f"sandbox: {what}")
+
+    def hook(event: str, args: tuple) -> None:
+        if event == "open":
+            path, _mode, flags = args
+            if isinstance(path, (str, bytes)) and isinstance(flags, int) and flags & _WRITE_FLAGS:
+                full = os.path.realpath(os.fsdecode(path))
+                if not (full + os.sep).startswith(root) and full not in allowed:
+                    record(f"write outside the sandbox directory: {full}")
+        elif event in _NETWORK_EVENTS:
+            record(f"network access ({event} {args[1:]!r:.100})")
+        elif event in _PROCESS_EVENTS:
+            record(f"subprocess ({event})")
+
+    sys.addaudithook(hook)
+
+
+def _load_program(program: str, tests: dict[str, Any], namespace: dict[str, Any]) -> None:
+    prompt = tests.get("prompt") or ""
+    try:
+        code = compile(program, "<program>", "exec", dont_inherit=True)
+    except SyntaxError:
+        if not prompt:
+            raise
+        # A HumanEval-style completion: the body continues the prompt.
+        exec(compile(prompt + program, "<program>", "exec", dont_inherit=True), namespace)
+        return
+    if prompt and not program.startswith(prompt):
+        # Helpers the prompt defines (poly, encode_cyclic, ...) stay available
+        # when the program only re-defines the entry point.
+        try:
+            exec(compile(prompt, "<prompt>", "exec", dont_inherit=True), namespace)
+        except Exception:
+            pass
+    exec(code, namespace)
+
+
+class _Handles:
+    """Objects the test side may refer to by number."""
+
+    def __init__(self) -> None:
+        self.objects: list[Any] = []
+
+    def ref(self, obj: Any) -> dict[str, int]:
+        self.objects.append(obj)
+        return {"r": len(self.objects) - 1}
+
+    def get(self, index: int) -> Any:
+        if not 0 <= index < len(self.objects):
+            raise wire.ProtocolError(f"unknown handle {index}")
+        return self.objects[index]
+
+
+def _export(name: str, value: Any, handles: _Handles) -> Any:
+    if isinstance(value, types.ModuleType) and isinstance(getattr(value, "__name__", None), str):
+        return {"m": value.__name__}
+    try:
+        return wire.encode(value, handles.ref)
+    except (wire.NotPlain, RecursionError, ValueError):
+        return handles.ref(value)
+
+
+def serve_program(program: str, tests: dict[str, Any], rfd: int, wfd: int) -> None:
+    """Run the program, then answer the test side's calls until it hangs up."""
+    namespace: dict[str, Any] = {"__name__": "__solution__", "__builtins__": builtins}
+    handles = _Handles()
+    try:
+        _load_program(program, tests, namespace)
+    except BaseException as exc:  # SystemExit at top level is a load failure too
+        wire.write_frame(wfd, {"ok": False, "etype": type(exc).__name__,
+                               "detail": _tail(traceback.format_exc())})
+        return
+    names = {k: _export(k, v, handles) for k, v in list(namespace.items())
+             if not (k.startswith("__") and k.endswith("__"))}
+    wire.write_frame(wfd, {"ok": True, "names": names})
+    while True:
+        request = wire.read_frame(rfd)
+        if request is None:
+            return
+        wire.write_frame(wfd, _answer(request, handles))
+
+
+def _answer(request: dict[str, Any], handles: _Handles) -> dict[str, Any]:
+    try:
+        target = handles.get(request["r"])
+        op = request["op"]
+        if op == "call":
+            args = wire.decode(request["a"], handles.get)
+            kwargs = wire.decode(request["k"], handles.get)
+            result = target(*args, **kwargs)
+        elif op == "getattr":
+            result = getattr(target, request["name"])
+        elif op == "iter":
+            result = iter(target)
+        elif op == "next":
+            try:
+                result = next(target)
+            except StopIteration:
+                return {"stop": True}
+        else:
+            raise wire.ProtocolError(f"unknown op {op!r}")
+        return {"v": _export("", result, handles)}
+    except BaseException as exc:
+        return {"exc": type(exc).__name__, "msg": _tail(str(exc), 300)}
+
+
+def run_script(program: str) -> int:
+    """stdin/stdout mode: run the program as ``__main__``; returns the exit code."""
+    namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
+    code = 0
+    try:
+        exec(compile(program, "<program>", "exec", dont_inherit=True), namespace)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            code = code or 1
+    return code
+
+
+# --------------------------------------------------------------------------- test side
+
+class RemoteDied(BaseException):
+    """The program process is gone (exit, crash, kill). A BaseException so test
+    code's ``except Exception`` cannot swallow it."""
+
+
+class RemoteError(Exception):
+    """The program raised an exception that has no builtin counterpart."""
+
+
+class _Connection:
+    def __init__(self, wfd: int, rfd: int) -> None:
+        self.wfd, self.rfd = wfd, rfd
+        self.dead: str | None = None
+        self.memory = False
+        self.proxies: dict[int, RemoteObject] = {}
+
+    def handshake(self) -> dict[str, Any]:
+        reply = self._receive()
+        if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
+            self._die("program sent a malformed greeting")
+        return reply
+
+    def _die(self, why: str) -> None:
+        self.dead = self.dead or why
+        raise RemoteDied(self.dead)
+
+    def _receive(self) -> Any:
+        try:
+            reply = wire.read_frame(self.rfd)
+        except (wire.ProtocolError, OSError) as exc:
+            self._die(f"program broke the protocol: {exc}")
+        if reply is None:
+            self._die("program exited before the tests finished")
+        return reply
+
+    def proxy(self, index: int) -> RemoteObject:
+        if index not in self.proxies:
+            self.proxies[index] = RemoteObject(self, index)
+        return self.proxies[index]
+
+    def request(self, message: dict[str, Any]) -> Any:
+        if self.dead:
+            raise RemoteDied(self.dead)
+        try:
+            wire.write_frame(self.wfd, message)
+        except OSError:
+            self._die("program exited before the tests finished")
+        reply = self._receive()
+        if not isinstance(reply, dict):
+            self._die("program sent a malformed reply")
+        if "v" in reply:
+            try:
+                return wire.decode(reply["v"], self.proxy, _import_module)
+            except wire.ProtocolError as exc:
+                self._die(f"program sent a bad value: {exc}")
+        if reply.get("stop") is True:
+            raise StopIteration
+        name, msg = str(reply.get("exc")), str(reply.get("msg", ""))
+        if name == "MemoryError":
+            self.memory = True
+        cls = getattr(builtins, name, None)
+        if isinstance(cls, type) and issubclass(cls, Exception) and cls is not StopIteration:
+            raise cls(msg)
+        raise RemoteError(f"{name}: {msg}")
+
+
+class RemoteObject:
+    """A program object the test side may call, iterate or take attributes of,
+    but never compare, hash or test for truth (its class is the program's)."""
+
+    __slots__ = ("_conn", "_index")
+
+    def __init__(self, conn: _Connection, index: int) -> None:
+        self._conn, self._index = conn, index
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        on_other = _send_ref
+        return self._conn.request({"op": "call", "r": self._index, "a": wire.encode(list(args), on_other),
+                                   "k": wire.encode(kwargs, on_other)})
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self._conn.request({"op": "getattr", "r": self._index, "name": name})
+
+    def __iter__(self) -> Any:
+        iterator = self._conn.request({"op": "iter", "r": self._index})
+        if not isinstance(iterator, RemoteObject):
+            return iter(iterator)
+        return _RemoteIterator(iterator)
+
+    def _refuse(self, *_: Any) -> Any:
+        raise TypeError("the program returned an object that is not plain data; it cannot be compared")
+
+    __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = __bool__ = __hash__ = _refuse
+
+    def __repr__(self) -> str:
+        return f"<program object #{self._index}>"
+
+
+class _RemoteIterator:
+    def __init__(self, remote: RemoteObject) -> None:
+        self.remote = remote
+
+    def __iter__(self) -> _RemoteIterator:
+        return self
+
+    def __next__(self) -> Any:
+        return self.remote._conn.request({"op": "next", "r": self.remote._index})
+
+
+def _send_ref(value: Any) -> Any:
+    if isinstance(value, RemoteObject):
+        return {"r": value._index}
+    raise wire.NotPlain(f"cannot pass a {type(value).__name__} to the program")
+
+
+_BUILTIN_NAMES = frozenset(dir(builtins))
+
+
+def _import_module(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except Exception:
+        return None
+
+
+def _compile_test(source: str, name: str) -> Any:
+    # optimize=0 keeps assert statements whatever flags the interpreter has.
+    return compile(source, name, "exec", dont_inherit=True, optimize=0)
+
+
+def _classify(exc: BaseException, conn: _Connection) -> tuple[str, str]:
+    if isinstance(exc, RemoteDied) or conn.dead:
+        return "died", str(conn.dead or exc)
+    if isinstance(exc, MemoryError) or conn.memory:
+        return "memory", f"MemoryError: {exc}"
+    if isinstance(exc, AssertionError):
+        return "assert", f"AssertionError{': ' + str(exc) if str(exc) else ''}"
+    return "exception", f"{type(exc).__name__}: {exc}"
+
+
+def run_test_side(tests: dict[str, Any], wfd: int, rfd: int, report_fd: int) -> None:
+    """Run each case against the program process; report every finished case."""
+    conn = _Connection(wfd, rfd)
+    try:
+        hello = conn.handshake()
+    except RemoteDied as exc:
+        wire.write_frame(report_fd, {"load_error": "died", "detail": str(exc)})
+        return
+    if not hello["ok"]:
+        wire.write_frame(report_fd, {"load_error": str(hello.get("etype")), "detail": str(hello.get("detail"))})
+        return
+    names = hello.get("names")
+    env: dict[str, Any] = {"__name__": "__test__", "__builtins__": builtins}
+    if isinstance(names, dict):
+        for key, tree in names.items():
+            # A program global named like a builtin (abs, isinstance, ...) would
+            # otherwise answer for the test code's own checks.
+            if key in _BUILTIN_NAMES and key != tests.get("entry_point"):
+                continue
+            try:
+                env[str(key)] = wire.decode(tree, conn.proxy, _import_module)
+            except wire.ProtocolError:
+                continue
+    for index, (label, run_case) in enumerate(_cases(tests, env)):
+        try:
+            run_case()
+            ok, kind, detail = not conn.dead, "died" if conn.dead else "", str(conn.dead or "")
+        except BaseException as exc:
+            kind, detail = _classify(exc, conn)
+            ok = False
+        wire.write_frame(report_fd, {"case": index, "ok": ok, "kind": kind,
+                                     "detail": "" if ok else _tail(f"{label}: {detail}")})
+        if conn.dead:
+            break
+    wire.write_frame(report_fd, {"done": True})
+
+
+def _cases(tests: dict[str, Any], env: dict[str, Any]) -> Any:
+    kind = tests["kind"]
+    if kind == "humaneval":
+        entry = tests["entry_point"]
+
+        def check() -> None:
+            exec(_compile_test(tests["test"], "<test>"), env)
+            if entry not in env:
+                raise NameError(f"the program does not define {entry!r}")
+            env["check"](env[entry])
+        yield f"check({entry})", check
+        return
+    setup_done: list[BaseException] = []
+    if tests.get("setup"):
+        try:
+            exec(_compile_test(tests["setup"], "<setup>"), env)
+        except BaseException as exc:
+            setup_done.append(exc)
+    for line in tests["asserts"]:
+        def one(line: str = line) -> None:
+            if setup_done:
+                raise setup_done[0]
+            exec(_compile_test(line, "<assert>"), env)
+        yield _tail(line, 200), one

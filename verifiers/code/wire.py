@@ -1,0 +1,130 @@
+"""Framing and the plain-data codec used between the sandbox processes.
+
+Messages are a 4-byte big-endian length followed by UTF-8 JSON. Values cross
+process boundaries only as *plain data* of exact builtin types (``None``,
+``bool``, ``int``, ``float``, ``complex``, ``str``, ``bytes``, ``list``,
+``tuple``, ``dict``, ``set``, ``frozenset``); anything else stays behind as an
+opaque handle. Decoding builds fresh builtin objects, so an object with a
+forged ``__eq__`` can never reach the side that compares.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import struct
+from typing import Any, Callable
+
+MAX_FRAME = 64 << 20
+_HEADER = struct.Struct(">I")
+_MAX_DEPTH = 200
+
+
+class ProtocolError(Exception):
+    """The other side sent something that is not a valid frame or value."""
+
+
+class NotPlain(Exception):
+    """A value that is not plain data of exact builtin types."""
+
+
+def write_frame(fd: int, message: Any) -> None:
+    payload = json.dumps(message, separators=(",", ":")).encode()
+    if len(payload) > MAX_FRAME:
+        raise ProtocolError(f"message of {len(payload)} bytes exceeds {MAX_FRAME}")
+    data = memoryview(_HEADER.pack(len(payload)) + payload)
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def read_exact(fd: int, n: int) -> bytes | None:
+    """``n`` bytes, or None on EOF before the first byte."""
+    chunks, got = [], 0
+    while got < n:
+        chunk = os.read(fd, n - got)
+        if not chunk:
+            if got:
+                raise ProtocolError("truncated frame")
+            return None
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def read_frame(fd: int) -> Any:
+    """The next message, or None on EOF."""
+    header = read_exact(fd, _HEADER.size)
+    if header is None:
+        return None
+    (size,) = _HEADER.unpack(header)
+    if size > MAX_FRAME:
+        raise ProtocolError(f"frame of {size} bytes exceeds {MAX_FRAME}")
+    payload = read_exact(fd, size) if size else b""
+    if payload is None:
+        raise ProtocolError("truncated frame")
+    try:
+        return json.loads(payload)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(f"bad frame: {exc}") from None
+
+
+def encode(value: Any, on_other: Callable[[Any], Any] | None = None, depth: int = 0) -> Any:
+    """Plain data → JSON-able tree; other objects go through ``on_other`` (else ``NotPlain``)."""
+    if depth > _MAX_DEPTH:
+        raise NotPlain("nested too deeply")
+    kind = type(value)
+    if value is None or kind is bool or kind is int or kind is float or kind is str:
+        return value
+    d = depth + 1
+    if kind is list:
+        return [encode(v, on_other, d) for v in value]
+    if kind is tuple:
+        return {"t": [encode(v, on_other, d) for v in value]}
+    if kind is dict:
+        return {"d": [[encode(k, on_other, d), encode(v, on_other, d)] for k, v in value.items()]}
+    if kind is set or kind is frozenset:
+        return {"s" if kind is set else "f": [encode(v, on_other, d) for v in value]}
+    if kind is bytes:
+        return {"b": base64.b64encode(value).decode()}
+    if kind is complex:
+        return {"c": [value.real, value.imag]}
+    if on_other is None:
+        raise NotPlain(f"{kind.__name__} is not plain data")
+    return on_other(value)
+
+
+def decode(tree: Any, on_ref: Callable[[int], Any] | None = None,
+           on_module: Callable[[str], Any] | None = None, depth: int = 0) -> Any:
+    """Inverse of ``encode``; every container is rebuilt from builtin types."""
+    if depth > _MAX_DEPTH:
+        raise ProtocolError("nested too deeply")
+    kind = type(tree)
+    if tree is None or kind is bool or kind is int or kind is float or kind is str:
+        return tree
+    d = depth + 1
+    if kind is list:
+        return [decode(v, on_ref, on_module, d) for v in tree]
+    if kind is not dict or len(tree) != 1:
+        raise ProtocolError(f"unexpected value {tree!r:.80}")
+    (tag, body), = tree.items()
+    try:
+        if tag == "t":
+            return tuple(decode(v, on_ref, on_module, d) for v in body)
+        if tag == "d":
+            return {decode(k, on_ref, on_module, d): decode(v, on_ref, on_module, d) for k, v in body}
+        if tag == "s":
+            return {decode(v, on_ref, on_module, d) for v in body}
+        if tag == "f":
+            return frozenset(decode(v, on_ref, on_module, d) for v in body)
+        if tag == "b":
+            return base64.b64decode(body, validate=True)
+        if tag == "c":
+            return complex(float(body[0]), float(body[1]))
+        if tag == "r" and on_ref is not None and type(body) is int:
+            return on_ref(body)
+        if tag == "m" and on_module is not None and type(body) is str:
+            return on_module(body)
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"bad {tag!r} value: {exc}") from None
+    raise ProtocolError(f"unexpected tag {tag!r}")

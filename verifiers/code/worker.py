@@ -1,0 +1,473 @@
+"""The fork server: one warm, pre-imported process that forks a sandbox per job.
+
+Started by ``SandboxPool`` as ``python -I -c ...``; speaks length-prefixed JSON
+on stdin/stdout. Per job it forks
+
+* for function tests: a *test* process and a *program* process, each under its
+  own unprivileged uid, wired by two pipes (see ``harness``); the worker reads
+  per-case reports from the test process only;
+* for stdin/stdout tests: one program process per case, fed its input and
+  read (with a size cap) by the worker, which compares the output itself.
+
+After every job the worker kills both process groups, then every leftover
+descendant (it is a child subreaper, so escaped grandchildren re-parent to it),
+and removes the job's directory.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import gc
+import importlib
+import json
+import logging
+import os
+import select
+import shutil
+import signal
+import stat
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from . import harness, wire
+from .isolation import Limits, SandboxUnavailable, become_subreaper, enter_sandbox, isolate_worker
+
+log = logging.getLogger(__name__)
+
+# Imported once here so that forked children do not pay for them.
+PREIMPORTS = ("math", "cmath", "re", "string", "collections", "collections.abc", "itertools", "functools",
+              "operator", "heapq", "bisect", "array", "typing", "random", "fractions", "decimal",
+              "statistics", "copy", "json", "hashlib", "datetime", "time", "dataclasses", "enum", "abc",
+              "numbers", "textwrap", "unicodedata", "struct", "contextlib", "io", "traceback", "types",
+              "queue", "sys", "os", "ast", "inspect")
+OUTPUT_LIMIT = 8 << 20
+DETAIL_CHARS = 600
+TEST_SIDE_MEMORY_MB = 1024
+
+
+@dataclass
+class WorkerState:
+    scratch: str
+    program_uid: int | None
+    test_uid: int | None
+    runs: int = 0
+
+
+def main() -> None:
+    config = json.loads(sys.argv[1])
+    out_fd = os.dup(1)
+    os.dup2(2, 1)  # stray prints must not corrupt the protocol stream
+    try:
+        state, info = _start(config)
+    except (SandboxUnavailable, OSError) as exc:
+        wire.write_frame(out_fd, {"ready": False, "error": str(exc)})
+        return
+    wire.write_frame(out_fd, {"ready": True, **info})
+    gc.freeze()  # fewer copy-on-write faults in forked children
+    while True:
+        job = wire.read_frame(0)
+        if job is None:
+            break
+        started = time.monotonic()
+        try:
+            verdict = run_job(job, state)
+        except Exception as exc:  # a bug here must not take the worker down
+            log.exception("job failed")
+            verdict = _verdict("error", 0, 0, f"sandbox error: {exc}")
+        verdict["duration_s"] = round(time.monotonic() - started, 6)
+        wire.write_frame(out_fd, {"id": job.get("id"), "verdict": verdict})
+    if config.get("unsafe"):
+        shutil.rmtree(state.scratch, ignore_errors=True)
+
+
+def _start(config: dict[str, Any]) -> tuple[WorkerState, dict[str, Any]]:
+    for name in PREIMPORTS:
+        importlib.import_module(name)
+    become_subreaper()
+    if config.get("unsafe"):
+        return WorkerState(tempfile.mkdtemp(prefix="factory-code-"), None, None), {"isolation": "none"}
+    info = isolate_worker(config["hidden"])
+    base = int(config["base_uid"]) + 2 * int(config["slot"])
+    state = WorkerState("/tmp", base, base + 1)
+    _probe(state)
+    return state, {"isolation": "netns+mountns+uid", "uids": [base, base + 1], **info}
+
+
+def _probe(state: WorkerState) -> None:
+    """Fork one sandboxed child that checks the isolation actually holds."""
+    workdir = _make_workdir(state)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            enter_sandbox(state.program_uid, workdir, Limits(memory_mb=256, cpu_s=5))
+            import socket
+            with socket.socket() as s:
+                s.settimeout(1)
+                try:
+                    s.connect(("127.0.0.1", 9))
+                    code = 3
+                except OSError as exc:
+                    code = 0 if exc.errno in (errno.ENETUNREACH, errno.ECONNREFUSED, errno.EACCES) else 4
+            if code == 0 and os.geteuid() == 0:
+                code = 5
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    shutil.rmtree(workdir, ignore_errors=True)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SandboxUnavailable(f"sandbox self-check failed (code {os.waitstatus_to_exitcode(status)}): "
+                                 f"could not drop to uid {state.program_uid} or the network is reachable")
+
+
+def _verdict(status: str, passed_cases: int, total: int, detail: str = "") -> dict[str, Any]:
+    detail = detail.strip()
+    if len(detail) > DETAIL_CHARS:
+        detail = detail[:DETAIL_CHARS] + "…"
+    return {"passed": status == "passed", "status": status, "passed_cases": passed_cases,
+            "total_cases": total, "detail": detail}
+
+
+def run_job(job: dict[str, Any], state: WorkerState) -> dict[str, Any]:
+    tests = job["tests"]
+    timeout_s, memory_mb = float(job["timeout_s"]), int(job["memory_mb"])
+    if tests["kind"] == "stdio":
+        return _run_stdio(job["program"], tests, timeout_s, memory_mb, state)
+    return _run_functions(job["program"], tests, timeout_s, memory_mb, state)
+
+
+# --------------------------------------------------------------------------- processes
+
+def _make_workdir(state: WorkerState) -> str:
+    state.runs += 1
+    path = os.path.join(state.scratch, f"run-{os.getpid()}-{state.runs}")
+    os.mkdir(path, 0o700)
+    if state.program_uid is not None:
+        os.chown(path, state.program_uid, state.program_uid)
+    return path
+
+
+def _fork(body: Callable[[], int], stdio: tuple[int, int, int], keep: list[int]) -> int:
+    """Fork a child whose fds are exactly ``stdio`` as 0-2 and ``keep`` as 3, 4, ..."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 70
+    try:
+        sources = [fcntl.fcntl(fd, fcntl.F_DUPFD, 1000) for fd in (*stdio, *keep)]
+        for target, fd in enumerate(sources):
+            os.dup2(fd, target)
+        os.closerange(len(sources), 1 << 16)
+        code = body()
+    finally:
+        os._exit(code)
+
+
+def _kill_and_reap(pids: list[int], state: WorkerState) -> dict[int, int]:
+    """SIGKILL each child's group and the child, reap them (statuses), then all strays."""
+    # Kill before reaping: a reaped pid (and so its group id) could be reused.
+    for pid in pids:
+        for kill in (os.killpg, os.kill):
+            try:
+                kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    statuses = {}
+    for pid in pids:
+        try:
+            statuses[pid] = os.waitpid(pid, 0)[1]
+        except ChildProcessError:
+            statuses[pid] = 0
+    _reap_strays(state)
+    return statuses
+
+
+def _reap_strays(state: WorkerState) -> None:
+    """Kill every remaining descendant: as subreaper, they are all our children by now."""
+    path = f"/proc/self/task/{os.getpid()}/children"
+    for _ in range(10_000):
+        try:
+            with open(path) as f:
+                pids = [int(p) for p in f.read().split()]
+        except FileNotFoundError:
+            _kill_uid_fallback(state)
+            return
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for pid in pids:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+
+
+def _kill_uid_fallback(state: WorkerState) -> None:
+    """Without /proc/<pid>/task/<tid>/children: kill(-1) as each sandbox uid."""
+    for uid in (state.program_uid, state.test_uid):
+        if uid is None:
+            continue
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setresuid(uid, uid, uid)
+                os.kill(-1, signal.SIGKILL)
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                return
+        except ChildProcessError:
+            return
+
+
+def _read_violation(workdir: str) -> str:
+    try:
+        fd = os.open(os.path.join(workdir, harness.VIOLATION_FILE), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return ""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return "tampered with the violation record"
+        lines = os.read(fd, 2000).decode("utf-8", "replace").strip().splitlines()
+        return lines[0] if lines else "violation"
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
+
+
+def _finish(workdir: str) -> str:
+    violation = _read_violation(workdir)
+    shutil.rmtree(workdir, ignore_errors=True)
+    return violation
+
+
+# --------------------------------------------------------------------------- function tests
+
+def _run_functions(program: str, tests: dict[str, Any], timeout_s: float, memory_mb: int,
+                   state: WorkerState) -> dict[str, Any]:
+    total = 1 if tests["kind"] == "humaneval" else len(tests["asserts"])
+    workdir = _make_workdir(state)
+    t2p_r, t2p_w = os.pipe()
+    p2t_r, p2t_w = os.pipe()
+    report_r, report_w = os.pipe()
+    null = os.open(os.devnull, os.O_RDWR)
+    cpu_s = timeout_s + 1
+
+    def test_side() -> int:
+        enter_sandbox(state.test_uid, "/", Limits(max(TEST_SIDE_MEMORY_MB, 2 * memory_mb), cpu_s))
+        harness.run_test_side(tests, wfd=3, rfd=4, report_fd=5)
+        return 0
+
+    def program_side() -> int:
+        enter_sandbox(state.program_uid, workdir, Limits(memory_mb, cpu_s))
+        harness.install_policy_hook(workdir)
+        harness.serve_program(program, tests, rfd=3, wfd=4)
+        return 0
+
+    deadline = time.monotonic() + timeout_s
+    test_pid = _fork(test_side, (null, null, null), [t2p_w, p2t_r, report_w])
+    os.close(report_w)
+    program_pid = _fork(program_side, (null, null, null), [t2p_r, p2t_w])
+    for fd in (t2p_r, t2p_w, p2t_r, p2t_w, null):
+        os.close(fd)
+    try:
+        frames, timed_out, broken = _collect_reports(report_r, deadline)
+    finally:
+        os.close(report_r)
+        _kill_and_reap([test_pid, program_pid], state)
+    violation = _finish(workdir)
+    return _function_verdict(frames, total, timed_out, broken, violation, timeout_s)
+
+
+def _collect_reports(fd: int, deadline: float) -> tuple[list[dict[str, Any]], bool, bool]:
+    """Frames from the test process until it closes the pipe or the deadline passes."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    buf, frames = bytearray(), []
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return frames, True, False
+        if not poller.poll(remaining * 1000):
+            continue
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            return frames, False, bool(buf)
+        buf += chunk
+        while len(buf) >= 4:
+            size = int.from_bytes(buf[:4], "big")
+            if size > 1 << 20:
+                return frames, False, True
+            if len(buf) < 4 + size:
+                break
+            try:
+                frames.append(json.loads(bytes(buf[4:4 + size])))
+            except ValueError:
+                return frames, False, True
+            del buf[:4 + size]
+
+
+def _function_verdict(frames: list[dict[str, Any]], total: int, timed_out: bool, broken: bool,
+                      violation: str, timeout_s: float) -> dict[str, Any]:
+    cases = [f for f in frames if "case" in f]
+    passed = sum(1 for f in cases if f.get("ok") is True)
+    failing = next((f for f in cases if f.get("ok") is not True), None)
+    load = next((f for f in frames if "load_error" in f), None)
+    done = any(f.get("done") is True for f in frames)
+    if violation:
+        return _verdict("violation", passed, total, violation)
+    if timed_out:
+        return _verdict("timeout", passed, total, f"no result within {timeout_s:g}s")
+    if load is not None:
+        status = "memory" if load["load_error"] == "MemoryError" else "error"
+        return _verdict(status, 0, total, f"program did not load: {load.get('detail', '')}")
+    if broken or not done:
+        return _verdict("error", passed, total, "the test process died")
+    if failing is None and passed == total and len(cases) == total:
+        return _verdict("passed", passed, total)
+    if failing is None:
+        return _verdict("error", passed, total, f"only {len(cases)} of {total} cases ran")
+    status = {"memory": "memory", "died": "error"}.get(str(failing.get("kind")), "failed")
+    return _verdict(status, passed, total, str(failing.get("detail", "")))
+
+
+# --------------------------------------------------------------------------- stdin/stdout tests
+
+def _run_stdio(program: str, tests: dict[str, Any], timeout_s: float, memory_mb: int,
+               state: WorkerState) -> dict[str, Any]:
+    cases = tests["cases"]
+    total, passed = len(cases), 0
+    for index, case in enumerate(cases):
+        status, detail = _run_stdio_case(program, str(case["input"]), str(case["output"]),
+                                         timeout_s, memory_mb, state)
+        if status != "passed":
+            return _verdict(status, passed, total, f"case {index}: {detail}")
+        passed += 1
+    return _verdict("passed", passed, total)
+
+
+def _run_stdio_case(program: str, stdin_text: str, expected: str, timeout_s: float, memory_mb: int,
+                    state: WorkerState) -> tuple[str, str]:
+    workdir = _make_workdir(state)
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+
+    def script() -> int:
+        enter_sandbox(state.program_uid, workdir, Limits(memory_mb, timeout_s + 1))
+        harness.install_policy_hook(workdir)
+        sys.stdin = open(0, "r", encoding="utf-8", errors="replace", closefd=False)
+        sys.stdout = open(1, "w", encoding="utf-8", errors="replace", closefd=False)
+        sys.stderr = open(2, "w", encoding="utf-8", errors="replace", closefd=False)
+        return harness.run_script(program)
+
+    deadline = time.monotonic() + timeout_s
+    pid = _fork(script, (in_r, out_w, err_w), [])
+    for fd in (in_r, out_w, err_w):
+        os.close(fd)
+    pidfd = os.pidfd_open(pid)
+    try:
+        outcome = _pump(pidfd, stdin_text.encode(), in_w, out_r, err_r, deadline)
+    finally:
+        os.close(pidfd)
+        outcome_status = _kill_and_reap([pid], state)[pid]
+    out, err = _drain(out_r, outcome["out"]), _drain(err_r, outcome["err"])
+    violation = _finish(workdir)
+    if violation:
+        return "violation", violation
+    if outcome["timeout"]:
+        return "timeout", f"no exit within {timeout_s:g}s"
+    if outcome["flood"]:
+        return "error", f"output exceeded {OUTPUT_LIMIT >> 20} MiB"
+    err_text = err.decode("utf-8", "replace")
+    code = os.waitstatus_to_exitcode(outcome_status)
+    if code != 0:
+        kind = "memory" if "MemoryError" in err_text else "error"
+        why = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        return kind, f"{why}: {err_text[-DETAIL_CHARS:]}"
+    text = out.decode("utf-8", "replace")
+    if text.split() != expected.split():
+        return "failed", f"expected {expected.strip()[:200]!r}, got {text.strip()[:200]!r}"
+    return "passed", ""
+
+
+def _pump(pidfd: int, stdin_data: bytes, in_w: int, out_r: int, err_r: int,
+          deadline: float) -> dict[str, Any]:
+    """Feed stdin and collect stdout/stderr until the program exits, floods or times out."""
+    sinks = {out_r: bytearray(), err_r: bytearray()}
+    poller = select.poll()
+    for fd in (out_r, err_r, pidfd):
+        poller.register(fd, select.POLLIN)
+    pending = memoryview(stdin_data)
+    if pending:
+        os.set_blocking(in_w, False)
+        poller.register(in_w, select.POLLOUT)
+    else:
+        os.close(in_w)
+        in_w = -1
+    result: dict[str, Any] = {"timeout": False, "flood": False, "out": sinks[out_r], "err": sinks[err_r]}
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                result["timeout"] = True
+                return result
+            for fd, _event in poller.poll(remaining * 1000):
+                if fd == pidfd:
+                    return result
+                if fd == in_w:
+                    try:
+                        pending = pending[os.write(in_w, pending[:1 << 16]):]
+                    except BlockingIOError:
+                        continue
+                    except BrokenPipeError:  # the program stopped reading: fine
+                        pending = pending[:0]
+                    if not pending:
+                        poller.unregister(in_w)
+                        os.close(in_w)
+                        in_w = -1
+                    continue
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    poller.unregister(fd)
+                    continue
+                sinks[fd] += chunk
+                if len(sinks[fd]) > OUTPUT_LIMIT:
+                    result["flood"] = True
+                    return result
+    finally:
+        if in_w >= 0:
+            os.close(in_w)
+
+
+def _drain(fd: int, collected: bytearray) -> bytes:
+    """What is left in a pipe whose writers are all dead (bounded by the cap)."""
+    os.set_blocking(fd, False)
+    try:
+        while len(collected) <= OUTPUT_LIMIT:
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            collected += chunk
+    finally:
+        os.close(fd)
+    return bytes(collected)
+
+
+if __name__ == "__main__":
+    main()
