@@ -1,7 +1,10 @@
 """Throughput of the OpenAI-compatible teacher against a server with a fixed latency.
 
-A local aiohttp server (tests/fault_server.py, in its own process) answers every
-chat request after a fixed artificial latency (200 ms by default). For each
+A local server in its own process answers every chat request after a fixed
+artificial latency (200 ms by default). By default it is a minimal asyncio
+HTTP/1.1 server (a canned completion, a timer, no framework): it stands in for a
+GPU server, so it should cost this machine's shared cores as little as possible.
+`--server fault` uses the aiohttp fault server from tests/ instead. For each
 concurrency c the ideal rate is c / latency; we measure, in the same run:
 
   * bare     — a minimal aiohttp client loop (c workers, one session, parse JSON):
@@ -27,6 +30,9 @@ import asyncio
 import json
 import os
 import platform
+import re
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +53,109 @@ from factory.teachers.openai_backend import OpenAITeacher  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "generate.json"
 MODEL = "fault-model"
+
+
+# ---------------------------------------------------------------- a server that costs almost nothing
+_CHAT_BODY = json.dumps(
+    {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 0,
+        "model": MODEL,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "The answer is \\boxed{4}.", "reasoning_content": "2 + 2 = 4. Let me check: 4 - 2 = 2."},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 20, "completion_tokens": 24, "total_tokens": 44},
+    }
+).encode()
+_MODELS_BODY = json.dumps({"object": "list", "data": [{"id": MODEL, "object": "model"}]}).encode()
+_CONTENT_LENGTH = re.compile(rb"content-length:[ \t]*(\d+)", re.IGNORECASE)
+
+
+def _http_response(body: bytes) -> bytes:
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n"
+    return head.encode() + body
+
+
+class _LatencyProtocol(asyncio.Protocol):
+    """HTTP/1.1 keep-alive: every request is answered with a canned body after `latency` seconds."""
+
+    chat = _http_response(_CHAT_BODY)
+    models = _http_response(_MODELS_BODY)
+
+    def __init__(self, latency: float) -> None:
+        self.latency = latency
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        loop = asyncio.get_running_loop()
+        while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
+            head = self.buffer[:end]
+            match = _CONTENT_LENGTH.search(head)
+            total = end + 4 + (int(match.group(1)) if match else 0)
+            if len(self.buffer) < total:
+                return
+            self.buffer = self.buffer[total:]
+            response = self.models if b"/models" in head.split(b"\r\n", 1)[0] else self.chat
+            loop.call_later(self.latency, self._send, response)
+
+    def _send(self, response: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(response)
+
+
+def serve_fast(port: int, latency: float) -> None:
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: _LatencyProtocol(latency), "127.0.0.1", port, backlog=2048)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(run())
+
+
+class FastServerProcess:
+    """`serve_fast` in a child process; `url` is its OpenAI base URL."""
+
+    def __init__(self, latency: float) -> None:
+        self.latency = latency
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> "FastServerProcess":
+        args = [sys.executable, __file__, "--serve-port", str(self.port), "--latency", str(self.latency)]
+        self._proc = subprocess.Popen(args)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        self.__exit__()
+        raise RuntimeError(f"bench server did not listen on {self.port}")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait(timeout=10)
+            self._proc = None
+
+
+def start_server(kind: str, latency: float) -> FastServerProcess | FaultServerProcess:
+    return FastServerProcess(latency) if kind == "fast" else FaultServerProcess(FaultConfig(latency_s=latency, model=MODEL))
 
 
 # ---------------------------------------------------------------- the three clients
@@ -108,7 +217,12 @@ async def teacher_loop(url: str, concurrency: int, total: int) -> float:
 
 
 def store_run(url: str, concurrency: int, total: int) -> float | None:
-    """Seconds for `run_generate` to produce `total` samples into a fresh store, or None if unavailable."""
+    """Seconds `run_generate`'s engine took for `total` samples into a fresh store, or None if unavailable.
+
+    The engine's own clock (`report.seconds`: plan, generate, flush, lineage, progress)
+    leaves out one-off setup (recipe parsing, teacher.check, prompt loading), which a
+    week-long run pays once.
+    """
     try:
         from factory.generate import run_generate
     except ImportError:
@@ -136,9 +250,7 @@ def store_run(url: str, concurrency: int, total: int) -> float | None:
         previous_home = os.environ.get("FACTORY_HOME")
         os.environ["FACTORY_HOME"] = str(root / "home")
         try:
-            started = time.perf_counter()
             report = run_generate(str(recipe_path), progress=True)
-            elapsed = time.perf_counter() - started
         finally:
             if previous_home is None:
                 os.environ.pop("FACTORY_HOME", None)
@@ -146,12 +258,22 @@ def store_run(url: str, concurrency: int, total: int) -> float | None:
                 os.environ["FACTORY_HOME"] = previous_home
         if report.generated != total or report.errors:
             raise RuntimeError(f"run_generate: {report.generated} of {total} generated, {report.errors} errors")
-        return elapsed
+        return report.seconds
 
 
 # ---------------------------------------------------------------- the sweep
-def best_of(repeats: int, measure: Any) -> float:
-    return min(measure() for _ in range(repeats))
+def best_of(repeats: int, measure: Any) -> tuple[float, float]:
+    """(wall seconds, client CPU seconds) of the fastest of `repeats` runs.
+
+    CPU time of this process (the server is another) is the steadier measure of the
+    client's own cost on a machine whose cores are shared.
+    """
+    runs = []
+    for _ in range(repeats):
+        cpu_started, started = time.process_time(), time.perf_counter()
+        measure()
+        runs.append((time.perf_counter() - started, time.process_time() - cpu_started))
+    return min(runs)
 
 
 def sweep(url: str, latency_s: float, concurrencies: list[int], rounds: int, repeats: int, with_store: bool) -> list[dict[str, Any]]:
@@ -159,8 +281,8 @@ def sweep(url: str, latency_s: float, concurrencies: list[int], rounds: int, rep
     for c in concurrencies:
         total = c * rounds
         ideal = c / latency_s
-        bare_s = best_of(repeats, lambda: asyncio.run(bare_loop(url, c, total)))
-        teacher_s = best_of(repeats, lambda: asyncio.run(teacher_loop(url, c, total)))
+        bare_s, bare_cpu = best_of(repeats, lambda: asyncio.run(bare_loop(url, c, total)))
+        teacher_s, teacher_cpu = best_of(repeats, lambda: asyncio.run(teacher_loop(url, c, total)))
         row: dict[str, Any] = {
             "concurrency": c,
             "requests": total,
@@ -170,6 +292,8 @@ def sweep(url: str, latency_s: float, concurrencies: list[int], rounds: int, rep
             "teacher_pct_ideal": 100 * total / teacher_s / ideal,
             "bare_pct_ideal": 100 * total / bare_s / ideal,
             "teacher_overhead_pct": 100 * (teacher_s / bare_s - 1),
+            "bare_cpu_us_per_req": 1e6 * bare_cpu / total,
+            "teacher_cpu_us_per_req": 1e6 * teacher_cpu / total,
         }
         if with_store:
             store_s = store_run(url, c, total)
@@ -182,25 +306,30 @@ def sweep(url: str, latency_s: float, concurrencies: list[int], rounds: int, rep
 
 
 def saturation(url: str, concurrency: int, total: int, repeats: int) -> dict[str, Any]:
-    bare_s = best_of(repeats, lambda: asyncio.run(bare_loop(url, concurrency, total)))
-    teacher_s = best_of(repeats, lambda: asyncio.run(teacher_loop(url, concurrency, total)))
+    bare_s, bare_cpu = best_of(repeats, lambda: asyncio.run(bare_loop(url, concurrency, total)))
+    teacher_s, teacher_cpu = best_of(repeats, lambda: asyncio.run(teacher_loop(url, concurrency, total)))
     return {
         "concurrency": concurrency,
         "requests": total,
         "bare_rps": total / bare_s,
         "teacher_rps": total / teacher_s,
-        "extra_client_us_per_request": 1e6 * (teacher_s - bare_s) / total,
+        "bare_cpu_us_per_req": 1e6 * bare_cpu / total,
+        "teacher_cpu_us_per_req": 1e6 * teacher_cpu / total,
     }
 
 
-HEADER = f"{'conc':>5} {'reqs':>6} {'ideal/s':>8} {'bare/s':>8} {'teacher/s':>9} {'teacher %ideal':>14} {'overhead vs bare':>16} {'store/s':>8} {'store ovh':>9}"
+HEADER = (
+    f"{'conc':>5} {'reqs':>6} {'ideal/s':>8} {'bare/s':>8} {'teacher/s':>9} {'teacher %ideal':>14} "
+    f"{'overhead vs bare':>16} {'CPU us/req bare/teacher':>23} {'store/s':>8} {'store ovh':>9}"
+)
 
 
 def _format_row(row: dict[str, Any]) -> str:
     store = f"{row['store_rps']:>8.1f} {row['store_overhead_pct']:>+8.1f}%" if "store_rps" in row else f"{'-':>8} {'-':>9}"
     return (
         f"{row['concurrency']:>5} {row['requests']:>6} {row['ideal_rps']:>8.1f} {row['bare_rps']:>8.1f} {row['teacher_rps']:>9.1f} "
-        f"{row['teacher_pct_ideal']:>13.1f}% {row['teacher_overhead_pct']:>+15.1f}% {store}"
+        f"{row['teacher_pct_ideal']:>13.1f}% {row['teacher_overhead_pct']:>+15.1f}% "
+        f"{row['bare_cpu_us_per_req']:>15.0f} / {row['teacher_cpu_us_per_req']:<5.0f} {store}"
     )
 
 
@@ -210,27 +339,35 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.2, help="server latency per request, seconds")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64, 256])
     parser.add_argument("--with-store", action="store_true", help="also time factory.generate.run_generate")
+    parser.add_argument("--server", choices=["fast", "fault"], default="fast", help="the latency server (see above)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--serve-port", type=int, help=argparse.SUPPRESS)  # internal: be the fast server
     args = parser.parse_args()
+    if args.serve_port:
+        serve_fast(args.serve_port, args.latency)
+        return
     rounds, repeats, sat_total = (5, 1, 1000) if args.quick else (20, 2, 4000)
 
-    print(f"server latency {args.latency * 1000:.0f} ms; {rounds} rounds per concurrency; best of {repeats}", flush=True)
-    with FaultServerProcess(FaultConfig(latency_s=args.latency, model=MODEL)) as server:
+    print(f"{args.server} server, latency {args.latency * 1000:.0f} ms; {rounds} rounds per concurrency; best of {repeats}", flush=True)
+    with start_server(args.server, args.latency) as server:
         asyncio.run(bare_loop(server.url, 8, 32))  # warm both processes up
+        if args.with_store:
+            store_run(server.url, 8, 16)  # first-use imports out of the measurement
         print(HEADER, flush=True)
         rows = sweep(server.url, args.latency, args.concurrency, rounds, repeats, args.with_store)
-    with FaultServerProcess(FaultConfig(latency_s=0.0, model=MODEL)) as server:
+    with start_server(args.server, 0.0) as server:
         sat = saturation(server.url, 64, sat_total, repeats)
     print(
         f"\nsaturation (latency 0, concurrency {sat['concurrency']}, {sat['requests']} requests): "
-        f"bare {sat['bare_rps']:.0f} req/s, teacher {sat['teacher_rps']:.0f} req/s, "
-        f"teacher's extra client cost {sat['extra_client_us_per_request']:.0f} µs/request"
+        f"bare {sat['bare_rps']:.0f} req/s, teacher {sat['teacher_rps']:.0f} req/s; client CPU "
+        f"{sat['bare_cpu_us_per_req']:.0f} vs {sat['teacher_cpu_us_per_req']:.0f} µs/request"
     )
     if args.with_store and not any("store_rps" in r for r in rows):
         print("store mode skipped: factory.generate.run_generate is not available")
     result = {
         "benchmark": "generate",
         "latency_s": args.latency,
+        "server": args.server,
         "quick": args.quick,
         "rounds": rounds,
         "repeats": repeats,

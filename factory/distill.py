@@ -2,7 +2,7 @@
 
 Reads top to bottom like a training script:
 
-1. ``load_sft_table``   — the training rows (a mix dataset, or Parquet/JSONL files);
+1. ``load_sft_dataset`` — the training rows (a mix dataset, or Parquet/JSONL files);
 2. ``encode_samples``   — chat template with the ``<think>`` reasoning, labels only on assistant tokens;
 3. ``apply_overlong``   — samples longer than ``max_seq_len`` are counted, then dropped or truncated;
 4. ``pack_samples``     — best-fit-decreasing packing (TRL's ``pack_dataset``), sample lengths kept;
@@ -21,14 +21,11 @@ With a flash-attention model the flat layout is used instead.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import math
 import os
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,7 +42,7 @@ IGNORE_INDEX = -100
 MANIFEST_NAME = "training_manifest.json"
 CHECKPOINTS_DIR = "checkpoints"
 RUN_FINGERPRINT_NAME = "run.json"
-DATA_SUFFIXES = (".parquet", ".jsonl", ".json")
+DATA_SUFFIXES = (".parquet", ".jsonl")
 
 
 # ---------------------------------------------------------------- report
@@ -71,7 +68,7 @@ class DistillReport:
     epochs: float
     steps: int
     non_pad_share: float  # real tokens / positions the model computed
-    tokens_per_s: float  # real tokens per second of training in this process
+    tokens_per_s: float  # real tokens per second of training (all processes)
     train_seconds: float
     final_loss: float | None
     loss_curve: list[dict[str, float]] = field(default_factory=list)
@@ -112,37 +109,42 @@ def resolve_data(spec: str) -> DataSource:
     return DataSource(path.name, path, files)
 
 
-def load_sft_table(source: DataSource):
-    """All rows of the source as one Arrow table with a ``messages`` column."""
-    import pyarrow as pa
-    import pyarrow.json as pa_json
-    import pyarrow.parquet as pq
+def load_sft_dataset(source: DataSource):
+    """The source's ``messages`` column as a memory-mapped `datasets.Dataset` (800K long traces fit on disk, not in RAM)."""
+    from datasets import concatenate_datasets, load_dataset
 
-    tables = []
-    for file in source.files:
+    by_builder = {
+        "parquet": [str(f) for f in source.files if f.suffix == ".parquet"],
+        "json": [str(f) for f in source.files if f.suffix == ".jsonl"],
+    }
+    parts = []
+    for builder, files in by_builder.items():
+        if not files:
+            continue
         try:
-            if file.suffix == ".parquet":
-                table = pq.read_table(file)
-            else:
-                table = pa_json.read_json(file)
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise FactoryError(f"data '{file}': cannot read: {str(exc).splitlines()[0]}") from None
-        if "messages" not in table.column_names:
-            raise FactoryError(f"data '{file}': no 'messages' column (columns: {', '.join(table.column_names)})")
-        tables.append(table.select(["messages"]))
-    table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
-    if table.num_rows == 0:
+            part = load_dataset(builder, data_files=files, split="train", cache_dir=str(factory_home() / "cache" / "datasets"))
+        except Exception as exc:  # datasets wraps arrow/json errors in several types; all mean "unreadable"
+            raise FactoryError(f"data '{source.path}': cannot read {builder} files: {str(exc).splitlines()[0][:300]}") from None
+        if len(part) and "messages" not in part.column_names:
+            raise FactoryError(f"data '{source.path}': no 'messages' column (columns: {', '.join(part.column_names)})")
+        if len(part):
+            parts.append(part.select_columns(["messages"]))
+    if not parts:
         raise FactoryError(f"data '{source.path}': the dataset is empty (0 samples)")
-    return table
+    return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
 
 def data_fingerprint(source: DataSource) -> str:
-    """Cheap identity of the training files: names, sizes and mtimes (content hashing 800K rows is slow)."""
-    digest = hashlib.sha256()
+    """Content hash of the training files (xxh3 reads GBs per second), so a resume sees the same data."""
+    import xxhash
+
+    digest = xxhash.xxh3_128()
     for file in source.files:
-        stat = file.stat()
-        digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
+        digest.update(file.name.encode())
+        with open(file, "rb") as handle:
+            while chunk := handle.read(1 << 22):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- 2. tokenise with assistant-only labels
@@ -180,19 +182,24 @@ def check_template(tokenizer) -> None:
         )
 
 
-def encode_samples(table, tokenizer, *, num_proc: int | None = None):
-    """A `datasets.Dataset` with ``input_ids``, ``labels`` and ``length`` per sample."""
+def encode_samples(dataset, tokenizer, *, num_proc: int | None = None):
+    """Per sample: ``input_ids``, ``labels``, ``length`` and ``targets`` (tokens with a loss).
+
+    Accepts a `datasets.Dataset` or an Arrow table with a ``messages`` column.
+    """
     from datasets import Dataset
 
-    dataset = Dataset(table)
+    if not isinstance(dataset, Dataset):
+        dataset = Dataset(dataset)
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
-        out: dict[str, list] = {"input_ids": [], "labels": [], "length": []}
+        out: dict[str, list] = {"input_ids": [], "labels": [], "length": [], "targets": []}
         for messages in batch["messages"]:
             ids, labels = encode_conversation(tokenizer, messages)
             out["input_ids"].append(ids)
             out["labels"].append(labels)
             out["length"].append(len(ids))
+            out["targets"].append(sum(1 for label in labels if label != IGNORE_INDEX))
         return out
 
     procs = num_proc if num_proc is not None else (min(8, os.cpu_count() or 1) if len(dataset) >= 20_000 else None)
@@ -212,25 +219,29 @@ def apply_overlong(encoded, max_seq_len: int, policy: str) -> Selection:
     """Count samples longer than max_seq_len, then drop or truncate them; drop samples with nothing to learn."""
     import numpy as np
 
-    lengths = np.asarray(encoded["length"])
-    overlong = lengths > max_seq_len
+    overlong = np.asarray(encoded["length"]) > max_seq_len
     n_overlong = int(overlong.sum())
     if policy == "drop":
-        keep_idx = np.flatnonzero(~overlong)
-        kept = encoded.select(keep_idx)
-    else:
-        def truncate(example: dict[str, list]) -> dict[str, Any]:
+        kept = encoded.select(np.flatnonzero(~overlong)) if n_overlong else encoded
+    elif n_overlong:
+        def truncate(example: dict[str, Any]) -> dict[str, Any]:
+            if example["length"] <= max_seq_len:
+                return example
+            labels = example["labels"][:max_seq_len]
             return {
                 "input_ids": example["input_ids"][:max_seq_len],
-                "labels": example["labels"][:max_seq_len],
-                "length": min(example["length"], max_seq_len),
+                "labels": labels,
+                "length": max_seq_len,
+                "targets": sum(1 for label in labels if label != IGNORE_INDEX),
             }
 
-        kept = encoded.map(truncate, desc="truncating") if n_overlong else encoded
-    has_target = [any(label != IGNORE_INDEX for label in labels) for labels in kept["labels"]]
-    no_target = len(has_target) - sum(has_target)
+        kept = encoded.map(truncate, desc="truncating")
+    else:
+        kept = encoded
+    has_target = np.asarray(kept["targets"]) > 0
+    no_target = int((~has_target).sum())
     if no_target:
-        kept = kept.select([i for i, ok in enumerate(has_target) if ok])
+        kept = kept.select(np.flatnonzero(has_target))
     return Selection(
         kept=kept,
         dropped_overlong=n_overlong if policy == "drop" else 0,
@@ -383,6 +394,7 @@ def _precision_flags(precision: str) -> dict[str, bool]:
 
 def build_trainer(recipe: StudentRecipe, model, tokenizer, train_dataset, checkpoints_dir: Path, *, max_steps: int | None, progress: bool, callbacks: list | None = None):
     """TRL's SFTTrainer on pre-tokenised packs; the schedule, optimizer and checkpoints are its own."""
+    import torch
     from trl import SFTConfig
 
     attn = getattr(model.config, "_attn_implementation", "sdpa") or "sdpa"
@@ -407,6 +419,7 @@ def build_trainer(recipe: StudentRecipe, model, tokenizer, train_dataset, checkp
         report_to="none",
         disable_tqdm=not progress,
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
         remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True},  # tokenised, masked and packed above
         max_length=None,
@@ -426,7 +439,7 @@ def build_trainer(recipe: StudentRecipe, model, tokenizer, train_dataset, checkp
             task_type="CAUSAL_LM",
         )
     trainer_cls = _trainer_class()
-    return trainer_cls(
+    trainer = trainer_cls(
         model=model,
         args=config,
         train_dataset=train_dataset,
@@ -435,6 +448,11 @@ def build_trainer(recipe: StudentRecipe, model, tokenizer, train_dataset, checkp
         peft_config=peft_config,
         callbacks=callbacks,
     )
+    if not progress:
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # it prints every log dict when tqdm is off
+    return trainer
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -467,8 +485,8 @@ def _fingerprint(recipe: StudentRecipe, source: DataSource, max_steps: int | Non
     }
 
 
-def _prepare_checkpoints(checkpoints_dir: Path, fingerprint: dict[str, Any], resume: bool) -> Path | None:
-    """The checkpoint to resume from, after checking it belongs to the same recipe and data."""
+def _prepare_checkpoints(checkpoints_dir: Path, fingerprint: dict[str, Any], resume: bool) -> None:
+    """Keep checkpoints of the same recipe and data for a resume; otherwise start a clean directory."""
     marker = checkpoints_dir / RUN_FINGERPRINT_NAME
     if resume and marker.exists():
         previous = json.loads(marker.read_text())
@@ -478,16 +496,33 @@ def _prepare_checkpoints(checkpoints_dir: Path, fingerprint: dict[str, Any], res
                 f"--resume: {checkpoints_dir} was written for a different run (changed: {', '.join(changed)}); "
                 "drop --resume to start over"
             )
-        checkpoint = last_complete_checkpoint(checkpoints_dir)
-        if checkpoint is None:
+        if last_complete_checkpoint(checkpoints_dir) is None:
             log.info("no complete checkpoint in %s; starting from scratch", checkpoints_dir)
-        return checkpoint
+        return
     if checkpoints_dir.exists():
         log.info("starting fresh: removing old checkpoints in %s", checkpoints_dir)
         shutil.rmtree(checkpoints_dir)
     checkpoints_dir.mkdir(parents=True)
     _write_json_atomic(marker, fingerprint)
-    return None
+
+
+def _prepare_checkpoints_on_main(checkpoints_dir: Path, fingerprint: dict[str, Any], resume: bool) -> Path | None:
+    """Under `accelerate launch` only the main process touches the directory; the others wait."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    error: FactoryError | None = None
+    if state.is_main_process:
+        try:
+            _prepare_checkpoints(checkpoints_dir, fingerprint, resume)
+        except FactoryError as exc:
+            error = exc
+    state.wait_for_everyone()
+    if error is not None:
+        raise error
+    if not resume:
+        return None
+    return last_complete_checkpoint(checkpoints_dir) if (checkpoints_dir / RUN_FINGERPRINT_NAME).exists() else None
 
 
 # ---------------------------------------------------------------- 6. the run
@@ -522,17 +557,17 @@ def run_distill(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
 
-    table = load_sft_table(source)
-    encoded = encode_samples(table, tokenizer)
+    rows = load_sft_dataset(source)
+    encoded = encode_samples(rows, tokenizer)
     selection = apply_overlong(encoded, recipe.max_seq_len, recipe.overlong)
-    _report_selection(selection, table.num_rows, recipe, source)
+    _report_selection(selection, len(rows), recipe, source)
     packs = pack_samples(selection.kept, recipe.max_seq_len, packing=recipe.packing)
     tokens = int(sum(selection.kept["length"]))
-    assistant_tokens = int(sum(sum(1 for x in labels if x != IGNORE_INDEX) for labels in selection.kept["labels"]))
+    assistant_tokens = int(sum(selection.kept["targets"]))
     log.info("%d samples, %d tokens (%d with loss) in %d sequences of <= %d", len(selection.kept), tokens, assistant_tokens, len(packs), recipe.max_seq_len)
 
     checkpoints_dir = out_dir / CHECKPOINTS_DIR
-    resume_from = _prepare_checkpoints(checkpoints_dir, _fingerprint(recipe, source, steps_cap), resume)
+    resume_from = _prepare_checkpoints_on_main(checkpoints_dir, _fingerprint(recipe, source, steps_cap), resume)
 
     torch.manual_seed(recipe.seed)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
@@ -554,7 +589,7 @@ def run_distill(
         data=source.name,
         data_path=str(source.path),
         output_dir=str(out_dir),
-        samples_in=table.num_rows,
+        samples_in=len(rows),
         samples_trained=len(selection.kept),
         dropped_overlong=selection.dropped_overlong,
         truncated_overlong=selection.truncated_overlong,
@@ -567,7 +602,8 @@ def run_distill(
         epochs=recipe.epochs,
         steps=int(trainer.state.global_step),
         non_pad_share=trainer.real_tokens / trainer.computed_tokens if trainer.computed_tokens else 0.0,
-        tokens_per_s=(trainer.real_tokens - real_before) / seconds if seconds > 0 else 0.0,
+        # Counted on this process; data-parallel ranks see equal shares of similar batches.
+        tokens_per_s=(trainer.real_tokens - real_before) * trainer.accelerator.num_processes / seconds if seconds > 0 else 0.0,
         train_seconds=seconds,
         final_loss=curve[-1]["loss"] if curve else None,
         loss_curve=curve,
@@ -607,22 +643,34 @@ def _token_counts(checkpoint: Path | None) -> tuple[int, int]:
 
 
 def save_final_model(trainer, tokenizer, out_dir: Path, report: DistillReport) -> None:
-    """Model + tokenizer + manifest into `out_dir`; files land by rename and the manifest last."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model = trainer.model
-    if hasattr(model, "merge_and_unload"):  # LoRA: ship a plain model that loads without peft
-        model = model.merge_and_unload()
-    staging = Path(tempfile.mkdtemp(prefix=".final-", dir=out_dir))
-    try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        (out_dir / MANIFEST_NAME).unlink(missing_ok=True)  # no manifest = not a finished model
-        for item in staging.iterdir():
-            os.replace(item, out_dir / item.name)
-    finally:
+    """Model + tokenizer + manifest into `out_dir`; files land by rename and the manifest last.
+
+    Every process calls this: `trainer.save_model` gathers sharded (FSDP / ZeRO-3) weights
+    collectively and writes on the main process only.
+    """
+    staging = out_dir / ".final-staging"
+    is_main = trainer.accelerator.is_main_process
+    if is_main:
         shutil.rmtree(staging, ignore_errors=True)
-    _write_json_atomic(out_dir / MANIFEST_NAME, report.to_dict())
-    log.info("saved student to %s", out_dir)
+        (out_dir / MANIFEST_NAME).unlink(missing_ok=True)  # no manifest = not a finished model
+    trainer.accelerator.wait_for_everyone()
+    if hasattr(trainer.model, "merge_and_unload"):
+        # LoRA: ship a plain model that loads without peft (DDP / single process; not under ZeRO-3).
+        if is_main:
+            trainer.model.merge_and_unload().save_pretrained(staging)
+    else:
+        trainer.save_model(str(staging))
+    if is_main:
+        try:
+            tokenizer.save_pretrained(staging)
+            for item in staging.iterdir():
+                if item.name != "training_args.bin":
+                    os.replace(item, out_dir / item.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        _write_json_atomic(out_dir / MANIFEST_NAME, report.to_dict())
+        log.info("saved student to %s", out_dir)
+    trainer.accelerator.wait_for_everyone()
 
 
 def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
@@ -630,9 +678,6 @@ def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     tmp.write_text(json.dumps(payload, indent=2, default=str))
     os.replace(tmp, path)
 
-
-def steps_per_epoch(sequences: int, batch_size: int, grad_accum: int) -> int:
-    return max(1, math.ceil(math.ceil(sequences / batch_size) / grad_accum))
 
 
 # ---------------------------------------------------------------- a tiny training set for smoke runs

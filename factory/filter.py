@@ -348,14 +348,14 @@ class DedupStep(FilterStep):
 
     @classmethod
     def validate(cls, params: dict[str, Any]) -> None:
-        from verifiers.dedup import validate_dedup_params
+        from verifiers.dedup import DedupParams
 
         rest = {k: v for k, v in params.items() if k not in ("field", "against_runs")}
         if params.get("field", "text") not in ("text", "prompt", "both", "answer"):
             raise ValueError(f"field: expected text, prompt, answer or both, got {params['field']!r}")
         if not isinstance(params.get("against_runs", []), list):
             raise ValueError("against_runs: expected a list of run names")
-        _checked(validate_dedup_params, rest)
+        _checked(lambda **kw: DedupParams(**kw).validate(), {k: v for k, v in rest.items() if k != "workers"})
 
     def evaluate(self, rows: list[Row]) -> list[StepVerdict]:
         from verifiers.dedup import DedupItem, deduplicate

@@ -84,18 +84,20 @@ def run_generate(
         raise RecipeError(f"{recipe_name}: kind '{recipe.kind}' is not a generate recipe (use `factory mix` / `factory distill`)")
     recipe_file = find_recipe(recipe_name)
     rhash = recipe_hash(recipe)
-    store, resumed = _open_store(recipe, rhash, recipe_file, overrides or [], new_run=new_run, force=force)
     if recipe.teacher.backend == "replay":
         from factory.teachers.replay import import_traces
 
+        store, _ = _open_store(recipe, rhash, recipe_file, overrides or [], new_run=new_run, force=force)
         return import_traces(recipe, recipe_file, store, rhash, progress=progress)
+    # Everything that can fail on bad input runs before the run directory is touched.
     check_template(recipe.template)
     prompts = load_prompts(recipe.sources, recipe_file)
-    engine = _Engine(recipe, rhash, store, prompts, progress=progress)
     owned = teacher is None
     teacher = teacher or build_teacher(recipe.teacher, recipe_file=recipe_file)
     try:
         teacher.check()
+        store, resumed = _open_store(recipe, rhash, recipe_file, overrides or [], new_run=new_run, force=force)
+        engine = _Engine(recipe, rhash, store, prompts, progress=progress)
         report = engine.run(teacher)
     finally:
         if owned:
@@ -112,6 +114,10 @@ def _open_store(
     if store.exists():
         manifest = store.read_manifest()
         if manifest.get("recipe_hash") == rhash:
+            if manifest.get("recipe") != recipe.model_dump(mode="json"):
+                # Same samples, new filters/selection/throughput settings: the run keeps them for `factory filter`.
+                manifest["recipe"] = recipe.model_dump(mode="json")
+                store.write_manifest(manifest)
             return store, True
         if new_run:
             store = _next_free_run(store)

@@ -25,7 +25,7 @@ from factory.distill import (
     encode_samples,
     demo_sft_rows,
     last_complete_checkpoint,
-    load_sft_table,
+    load_sft_dataset,
     pack_samples,
     resolve_data,
     run_distill,
@@ -44,10 +44,12 @@ TINY = ["max_seq_len=200", "batch_size=2", "learning_rate=3e-3", "warmup_ratio=0
 
 @pytest.fixture(scope="module", autouse=True)
 def factory_home(tmp_path_factory):
-    """Reuse the repo's built tiny models when present; otherwise build them once for this module."""
+    """A private store (dataset caches land there), reusing the repo's built tiny models when present."""
     previous = os.environ.get("FACTORY_HOME")
-    shared = REPO / ".factory"
-    home = shared if (shared / "models" / "tiny-qwen" / "config.json").exists() else tmp_path_factory.mktemp("home")
+    home = tmp_path_factory.mktemp("home")
+    shared = REPO / ".factory" / "models"
+    if (shared / "tiny-qwen" / "config.json").exists():
+        (home / "models").symlink_to(shared)
     os.environ["FACTORY_HOME"] = str(home)
     yield home
     if previous is None:
@@ -158,7 +160,7 @@ def test_bad_input_is_one_clear_line(tmp_path, dataset):
     no_messages = tmp_path / "bad.jsonl"
     no_messages.write_text(json.dumps({"prompt": "hi"}) + "\n")
     with pytest.raises(FactoryError, match="no 'messages' column"):
-        load_sft_table(resolve_data(str(no_messages)))
+        load_sft_dataset(resolve_data(str(no_messages)))
 
 
 # ---------------------------------------------------------------- training
@@ -182,8 +184,21 @@ def test_loss_goes_down_and_the_student_loads_and_generates(tmp_path, dataset):
     prompt = tok.apply_chat_template([{"role": "user", "content": "What is 3 + 4?"}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
     generated = model.generate(**prompt, max_new_tokens=12, do_sample=False)
     new_tokens = generated[0, prompt["input_ids"].shape[1] :]
-    assert len(new_tokens) > 0
-    assert "<think>" in tok.decode(new_tokens)  # it learned to open its reasoning, as the data does
+    assert len(new_tokens) == 12 or new_tokens[-1].item() == tok.eos_token_id
+
+    # The saved weights are the trained ones: held-out reasoning is likelier under the student than the base.
+    held_out = demo_sft_rows(8, seed=99, system_share=0.0)
+    base = AutoModelForCausalLM.from_pretrained(resolve_model("tiny-qwen"))
+    assert assistant_nll(model, tok, held_out) < 0.7 * assistant_nll(base, tok, held_out)
+
+
+def assistant_nll(model, tok, rows) -> float:
+    losses = []
+    for row in rows:
+        ids, labels = encode_conversation(tok, row["messages"])
+        with torch.no_grad():
+            losses.append(model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss.item())
+    return sum(losses) / len(losses)
 
 
 CHILD = textwrap.dedent(

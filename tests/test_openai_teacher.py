@@ -10,6 +10,7 @@ Plus the vLLM backend's error when vllm is not installed (no GPU here).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -342,8 +343,6 @@ def test_retry_after_accepts_seconds_and_http_dates() -> None:
 
 
 def test_stream_closed_early_cancels_outstanding_requests(fault: FaultServer) -> None:
-    import asyncio
-
     fault.config.latency_s = 0.3
     teacher = make_teacher(fault.url, concurrency=4)
 
@@ -355,6 +354,20 @@ def test_stream_closed_early_cancels_outstanding_requests(fault: FaultServer) ->
 
     assert asyncio.run(first_only()).startswith("k")
     assert fault.state.requests <= 8  # nothing beyond the first window was sent
+
+
+def test_a_failing_request_iterable_is_raised_not_swallowed(fault: FaultServer) -> None:
+    def requests() -> Iterator[GenerationRequest]:
+        yield request("k0", "q0")
+        raise ValueError("prompt file is corrupt at line 2")
+
+    teacher = make_teacher(fault.url)
+
+    async def drain() -> list[str]:
+        return [c.key async for c in teacher.astream(requests())]  # astream, not generate: it would list() first
+
+    with pytest.raises(ValueError, match="corrupt at line 2"):
+        asyncio.run(drain())
 
 
 # ---------------------------------------------------------------- vLLM

@@ -42,7 +42,7 @@ import xxhash
 __all__ = [
     "DedupItem", "DedupParams", "DedupVerdict", "Deduplicator", "Sketch", "TokenBatch",
     "deduplicate", "exact_key", "lsh_bands", "minhash_permutations", "ngram_hashes",
-    "normalize_text", "shingle_hash32", "sketch_batch", "tokenize_batch",
+    "normalize_text", "shingle_hash32", "sketch_batch", "sketch_tokens", "tokenize_batch",
 ]
 
 log = logging.getLogger(__name__)
@@ -51,9 +51,9 @@ DedupKind = Literal["unique", "exact", "near", "reference"]
 ShingleKind = Literal["word", "char"]
 
 # Measured with benchmarks/bench_dedup.py (see .helpers/README_dedup.md).
-DEFAULT_WORD_NGRAM = 2
+DEFAULT_WORD_NGRAM = 1    # word sets: the only shingle that keeps 15-20% word edits above 0.7
 DEFAULT_CHAR_NGRAM = 5
-DEFAULT_THRESHOLD = 0.8
+DEFAULT_THRESHOLD = 0.7
 SKETCH_BATCH = 2_000   # documents per worker task: big enough to amortise numpy/Arrow calls
 
 # Punctuation/symbols and CJK characters become tokens of their own (RE2 syntax).
@@ -102,11 +102,11 @@ def token_hash(token: str) -> int:
     return xxhash.xxh3_64_intdigest(token.encode("utf-8"))
 
 
-def _py_ngram_hash(unit_hashes: Sequence[int]) -> int:
+def _py_ngram_hash(unit_hashes: Sequence[int], mix: bool = True) -> int:
     h = 0
     for u in unit_hashes:
         h = (h * int(_NGRAM_MULT) + u) & _M64
-    return _py_fmix64(h)
+    return _py_fmix64(h) if mix else h
 
 
 def shingle_hash32(shingle: bytes | str) -> int:
@@ -259,13 +259,15 @@ def exact_keys(texts: Sequence[str | None]) -> list[str]:
 # ------------------------------------------------------------------------ shingles and MinHash
 
 def ngram_hashes(units: np.ndarray, offsets: np.ndarray, n: int, *, whole_if_shorter: bool = True,
-                 min_len: int = 1) -> tuple[np.ndarray, np.ndarray]:
+                 min_len: int = 1, mix: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Mixed 64-bit hashes of every contiguous n-gram of ``units`` within each document.
 
     A document with ``min_len <= len < n`` units contributes one hash of its whole sequence
     when ``whole_if_shorter`` (the usual convention for short texts). Returns
-    ``(hashes, doc_index)`` in document order.
+    ``(hashes, doc_index)`` in document order. ``mix=False`` returns the raw polynomial
+    values (the rolling pass of :class:`verifiers.decontam.BenchmarkIndex` compares those).
     """
+    finish = _fmix64 if mix else (lambda x: x)
     lengths = np.diff(offsets)
     total = len(units)
     h = units.astype(np.uint64, copy=True)
@@ -279,13 +281,13 @@ def ngram_hashes(units: np.ndarray, offsets: np.ndarray, n: int, *, whole_if_sho
     if whole_if_shorter:
         short = np.flatnonzero((lengths >= min_len) & (lengths < n) & (lengths > 0))
         if len(short):
-            extra = np.fromiter((_py_ngram_hash(units[offsets[d]:offsets[d + 1]].tolist()) for d in short),
+            extra = np.fromiter((_py_ngram_hash(units[offsets[d]:offsets[d + 1]].tolist(), mix) for d in short),
                                 np.uint64, len(short))
-            hashes = np.concatenate([_fmix64(hashes), extra])
+            hashes = np.concatenate([finish(hashes), extra])
             docs = np.concatenate([docs, short])
             order = np.argsort(docs, kind="stable")
             return hashes[order], docs[order]
-    return _fmix64(hashes), docs
+    return finish(hashes), docs
 
 
 def _char_units(texts: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
@@ -663,7 +665,7 @@ def deduplicate(items: Sequence[DedupItem], *, near: bool = True, num_perm: int 
                 reference: Sequence[DedupItem] = ()) -> list[DedupVerdict]:
     """Exact + near-duplicate verdicts for ``items`` (same order), against each other and ``reference``.
 
-    ``ngram=None`` uses the measured default of the shingle kind (word: 2, char: 5).
+    ``ngram=None`` uses the measured default of the shingle kind (word: 1, char: 5).
     Bad parameters raise ``ValueError("<param>: expected …, got …")``.
     """
     params = DedupParams(near, num_perm, threshold, shingle, ngram, seed).validate()  # type: ignore[arg-type]

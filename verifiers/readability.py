@@ -5,7 +5,8 @@ blocks" and the degenerate outputs RL models produce when they fall into a
 loop. Each part (reasoning, answer) is judged on its own, so an answer that
 restates a line of the reasoning is not repetition.
 
-Checks, cheapest first (the first failure is reported):
+Checks, in this order (the first failure is reported; the reasoning is judged
+before the answer):
 
 * ``too_long``: reasoning + answer longer than ``max_chars`` characters.
 * ``too_many_tokens``: more than ``max_tokens`` tokens. Pass the real count as
@@ -13,16 +14,20 @@ Checks, cheapest first (the first failure is reported):
   is estimated as UTF-8 bytes / 4, which is close for both English (~4 chars a
   token) and Chinese (3 bytes a character, ~1 token per 1–1.5 characters).
 * ``code_block``: a fenced block (```` ``` ````) in a task that is not a code task.
-* ``long_paragraph``: a paragraph (text between blank lines) longer than
-  ``max_paragraph_chars``.
 * ``repeated_lines``: among lines of at least ``min_line_chars`` characters
   (shorter ones such as ``\\]`` or "Wait," repeat naturally), the share that
   repeat an earlier line exceeds ``max_repeated_line_ratio``; judged from
   ``min_lines`` such lines on.
 * ``repeated_ngrams``: the share of word ``ngram``-grams that repeat an earlier
   one (``1 - distinct/total``) exceeds ``max_repeated_ngram_ratio``; judged from
-  ``min_ngram_words`` words on. Han and kana characters count as one word each,
-  so Chinese loops are caught too.
+  ``min_ngram_words`` words on. Every CJK character (U+3000–U+9FFF: CJK
+  punctuation, kana, Han) counts as a word, so Chinese loops are caught too.
+* ``long_paragraph``: a paragraph (text between blank lines) longer than
+  ``max_paragraph_chars``.
+
+Default thresholds: loops score above 0.8 on both ratios; real reference text
+(MATH500, GSM8K solutions) stays below 0.45 on lines (a diagram drawn twice)
+and 0.25 on 10-grams.
 
 ``score`` of a pass is the larger repeated-n-gram ratio of the two parts (a
 histogram of it is the quickest way to tune the threshold).
@@ -76,9 +81,9 @@ class ReadabilityConfig:
     max_paragraph_chars: int = 3000
     allow_code_blocks: bool | None = None
     code_task_types: tuple[str, ...] = ("code",)
-    max_repeated_line_ratio: float = 0.3
+    max_repeated_line_ratio: float = 0.5
     min_line_chars: int = 16
-    min_lines: int = 5
+    min_lines: int = 8
     max_repeated_ngram_ratio: float = 0.3
     ngram: int = 10
     min_ngram_words: int = 50
@@ -157,9 +162,7 @@ def check_readability(reasoning: str, answer: str, *, task_type: str = "math", n
         return fail("code_block", f"fenced code block in the {where} of a {cfg.task_type!r} task")
     worst = 0.0
     for part, text in (("reasoning", reasoning), ("answer", answer)):
-        verdict = _check_paragraphs(part, text, cfg)
-        if verdict is not None:
-            return verdict
+        # Repetition first: a loop usually also makes a long paragraph, and "repeated" says more.
         line_ratio, ngram_ratio = repetition_stats(text, ngram=cfg.ngram, min_line_chars=cfg.min_line_chars,
                                                    min_lines=cfg.min_lines, min_ngram_words=cfg.min_ngram_words)
         if line_ratio > cfg.max_repeated_line_ratio:
@@ -170,6 +173,9 @@ def check_readability(reasoning: str, answer: str, *, task_type: str = "math", n
             return fail("repeated_ngrams", f"{ngram_ratio:.2f} of the {part}'s {cfg.ngram}-grams repeat "
                                            f"(> {cfg.max_repeated_ngram_ratio:.2f})", score=ngram_ratio,
                         details={"part": part, "repeated_ngram_ratio": ngram_ratio})
+        verdict = _check_paragraphs(part, text, cfg)
+        if verdict is not None:
+            return verdict
         worst = max(worst, ngram_ratio)
     return ok(score=worst)
 
@@ -201,7 +207,7 @@ def _check_paragraphs(part: str, text: str, cfg: ReadabilityConfig) -> Verdict |
     return None
 
 
-def repetition_stats(text: str, *, ngram: int = 10, min_line_chars: int = 16, min_lines: int = 5,
+def repetition_stats(text: str, *, ngram: int = 10, min_line_chars: int = 16, min_lines: int = 8,
                      min_ngram_words: int = 50) -> tuple[float, float]:
     """``(repeated_line_ratio, repeated_ngram_ratio)`` of ``text``; 0.0 for a statistic
     with too little text to judge. See the module docstring for the definitions."""
@@ -213,47 +219,62 @@ def repetition_stats(text: str, *, ngram: int = 10, min_line_chars: int = 16, mi
 def repeated_ngram_ratio(text: str, *, ngram: int = 10, min_words: int = 50) -> float:
     """``1 - distinct/total`` over the word ``ngram``-grams of ``text`` (0.0 below ``min_words``).
 
-    Words are whitespace-separated runs, except that every CJK character (UTF-8 lead
-    byte E3–E9: kana, CJK punctuation, Han) is a word of its own; whitespace runs count as
-    one space, so layout does not matter. Computed on the UTF-8 bytes with numpy: a
-    polynomial prefix hash (mod 2**64) gives every n-gram's hash in O(1), so the cost is
-    a few vector passes plus one sort of the n-gram hashes — no Python object per word.
+    Words are whitespace-separated runs, except that every CJK character (U+3000–U+9FFF:
+    CJK punctuation, kana, Han) is a word of its own; how much whitespace separates two
+    words does not matter. Short ASCII texts use plain ``split``/``set``; longer ones are
+    hashed with numpy over the UTF-8 bytes: a polynomial prefix hash (mod 2**64) gives
+    every n-gram's hash in O(1), so the cost is a few vector passes plus one sort of the
+    n-gram hashes — no Python object per word. Both give the same number.
     """
-    data = np.frombuffer(text.encode("utf-8", "surrogatepass"), dtype=np.uint8)
+    if text.isascii() and len(text) < _SMALL_TEXT_CHARS:
+        words = text.split()
+        if len(words) < min_words:
+            return 0.0
+        grams = list(zip(*(words[i:] for i in range(ngram))))  # n-gram tuples, built in C
+        return 1.0 - len(set(grams)) / len(grams)
+    # The trailing space makes the last word end like every other: with one space.
+    data = np.frombuffer((text + " ").encode("utf-8", "surrogatepass"), dtype=np.uint8)
     if data.size < min_words:  # every word takes at least one byte
         return 0.0
     space = data <= 0x20
+    word = ~space
     prev_space = np.empty_like(space)
     prev_space[0] = True
     prev_space[1:] = space[:-1]
     if text.isascii():
-        start_mask = ~space & prev_space
+        start_mask = word & prev_space
     else:
-        lead = (data >= 0xE3) & (data <= 0xE9)
+        lead = (data >= 0xE3) & (data <= 0xE9)  # first byte of U+3000–U+9FFF
         cjk = lead.copy()
         cjk[1:] |= lead[:-1]
         cjk[2:] |= lead[:-2]
         after_cjk = np.empty_like(cjk)
         after_cjk[0] = False
         after_cjk[1:] = cjk[:-1]
-        start_mask = ~space & (lead | ((prev_space | after_cjk) & ~cjk))
+        start_mask = word & (lead | ((prev_space | after_cjk) & ~cjk))
     # Collapse every whitespace run to one space, so n-grams compare words, not layout.
-    keep = ~space | ~prev_space
+    keep = word | ~prev_space
     data = np.where(space, np.uint8(0x20), data)[keep]
-    starts = np.flatnonzero(start_mask[keep])
-    if starts.size < min_words:
+    starts = np.nonzero(start_mask[keep])[0]
+    n_words = starts.size
+    if n_words < min_words:
         return 0.0
     powers, inverse_powers = _powers(data.size)
     prefix = np.zeros(data.size + 1, dtype=np.uint64)
     np.cumsum(data * powers[:data.size], out=prefix[1:])
-    bounds = np.append(starts, data.size)
+    bounds = np.empty(n_words + 1, dtype=np.intp)
+    bounds[:n_words] = starts
+    bounds[n_words] = data.size
     lo, hi = bounds[:-ngram], bounds[ngram:]
     # (prefix[hi] - prefix[lo]) / P**lo is the hash of bytes lo..hi-1, wherever they are.
-    hashes = np.sort((prefix[hi] - prefix[lo]) * inverse_powers[lo])
+    hashes = (prefix[hi] - prefix[lo]) * inverse_powers[lo]
+    hashes.sort()
     distinct = 1 + int(np.count_nonzero(hashes[1:] != hashes[:-1]))
     return 1.0 - distinct / hashes.size
 
 
+# Below this many characters the Python path is cheaper than numpy's per-call overhead.
+_SMALL_TEXT_CHARS = 1500
 _HASH_BASE = 1_000_003  # odd, so invertible mod 2**64
 
 

@@ -108,6 +108,7 @@ def iter_rule_checks_parallel(records: Sequence[Mapping[str, Any]],
             yield run_rule_checks(chunk, cfg, stop_on_fail=stop_on_fail)
         return
     plain_cfg = {step: dict(params or {}) for step, params in cfg.items()}
+    log.debug("rule checks on %d records: %d processes, chunks of %d", len(records), workers, chunk_size)
     with ProcessPoolExecutor(max_workers=workers) as pool:
         # map keeps order and bounds nothing by itself, so submit lazily in windows.
         window = 4 * workers
@@ -148,7 +149,7 @@ class _Plan:
         self._close_tags = (fmt.close_tag, fmt.summary_token)
 
     def check(self, record: Mapping[str, Any], stop_on_fail: bool) -> dict[str, Verdict]:
-        text = record["text"]
+        text = record.get("text") or ""  # a failed generation is a sample with no text
         out: dict[str, Verdict] = {}
         reasoning, answer = None, None
         if self.format is not None:

@@ -34,6 +34,11 @@ class Verdict:
         """The stable part of ``reason`` (text before the first ``": "``), None when passed."""
         return reason_code(self.reason)
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-ready columns for a store: passed, code, reason, score (details dropped:
+        they are for people debugging one sample, not for tables)."""
+        return {"passed": self.passed, "code": self.code, "reason": self.reason, "score": self.score}
+
 
 def reason_code(reason: str | None) -> str | None:
     """``"mixed_language: reasoning …"`` → ``"mixed_language"``; None stays None."""

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import builtins
+import functools
 import importlib
 import os
 import sys
@@ -32,6 +33,7 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 _NETWORK_EVENTS = frozenset({"socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg"})
 _PROCESS_EVENTS = frozenset({"subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn",
                              "pty.spawn"})
+_WATCHED_EVENTS = _NETWORK_EVENTS | _PROCESS_EVENTS | {"open"}
 
 
 def _tail(text: str, limit: int = _DETAIL_CHARS) -> str:
@@ -62,9 +64,11 @@ def install_policy_hook(workdir: str) -> None:
         raise PermissionError(f"sandbox: {what}")
 
     def hook(event: str, args: tuple) -> None:
+        if event not in _WATCHED_EVENTS:  # called for every audit event: keep the common path short
+            return
         if event == "open":
             path, _mode, flags = args
-            if isinstance(path, (str, bytes)) and isinstance(flags, int) and flags & _WRITE_FLAGS:
+            if type(path) in (str, bytes) and type(flags) is int and flags & _WRITE_FLAGS:
                 full = os.path.realpath(os.fsdecode(path))
                 if not (full + os.sep).startswith(root) and full not in allowed:
                     record(f"write outside the sandbox directory: {full}")
@@ -116,32 +120,58 @@ def _export(name: str, value: Any, handles: _Handles) -> Any:
     if isinstance(value, types.ModuleType) and isinstance(getattr(value, "__name__", None), str):
         return {"m": value.__name__}
     try:
-        return wire.encode(value, handles.ref)
+        return wire.encode(value, _numpy_or_ref(handles))
     except (wire.NotPlain, RecursionError, ValueError):
         return handles.ref(value)
+
+
+def _numpy_or_ref(handles: _Handles) -> Any:
+    """NumPy scalars/arrays travel as their ``tolist()``; other objects as handles.
+
+    Converting here, on the untrusted side, gives the program nothing new: it
+    could send any plain data it liked anyway.
+    """
+    def convert(value: Any) -> Any:
+        if type(value).__module__ == "numpy" and callable(getattr(value, "tolist", None)):
+            plain = value.tolist()
+            return wire.encode(plain, convert) if type(plain).__module__ != "numpy" else handles.ref(value)
+        return handles.ref(value)
+    return convert
 
 
 def serve_program(program: str, tests: dict[str, Any], rfd: int, wfd: int) -> None:
     """Run the program, then answer the test side's calls until it hangs up."""
     namespace: dict[str, Any] = {"__name__": "__solution__", "__builtins__": builtins}
     handles = _Handles()
+    pristine = dict(builtins.__dict__)
     try:
         _load_program(program, tests, namespace)
     except BaseException as exc:  # SystemExit at top level is a load failure too
+        _restore_builtins(pristine)
         wire.write_frame(wfd, {"ok": False, "etype": type(exc).__name__,
                                "detail": _tail(traceback.format_exc())})
         return
+    _restore_builtins(pristine)
     names = {k: _export(k, v, handles) for k, v in list(namespace.items())
              if not (k.startswith("__") and k.endswith("__"))}
     wire.write_frame(wfd, {"ok": True, "names": names})
+    requests = wire.FrameReader(rfd)
     while True:
-        request = wire.read_frame(rfd)
+        request = requests.read()
         if request is None:
             return
-        wire.write_frame(wfd, _answer(request, handles))
+        wire.write_frame(wfd, _answer(request, handles, pristine))
 
 
-def _answer(request: dict[str, Any], handles: _Handles) -> dict[str, Any]:
+def _restore_builtins(pristine: dict[str, Any]) -> None:
+    """Undo the program's patches to builtins so this side's own plumbing keeps
+    working (the verdict never depended on it: the test side is another process)."""
+    current = builtins.__dict__
+    current.clear()  # no comparison first: values may be hostile objects
+    current.update(pristine)
+
+
+def _answer(request: dict[str, Any], handles: _Handles, pristine: dict[str, Any]) -> dict[str, Any]:
     try:
         target = handles.get(request["r"])
         op = request["op"]
@@ -160,9 +190,14 @@ def _answer(request: dict[str, Any], handles: _Handles) -> dict[str, Any]:
                 return {"stop": True}
         else:
             raise wire.ProtocolError(f"unknown op {op!r}")
+        _restore_builtins(pristine)
         return {"v": _export("", result, handles)}
     except BaseException as exc:
-        return {"exc": type(exc).__name__, "msg": _tail(str(exc), 300)}
+        _restore_builtins(pristine)
+        try:
+            return {"exc": type(exc).__name__, "msg": _tail(str(exc), 300)}
+        except BaseException:  # str() of a hostile exception
+            return {"exc": "Exception", "msg": "unprintable exception"}
 
 
 def run_script(program: str) -> int:
@@ -197,7 +232,7 @@ class RemoteError(Exception):
 
 class _Connection:
     def __init__(self, wfd: int, rfd: int) -> None:
-        self.wfd, self.rfd = wfd, rfd
+        self.wfd, self.replies = wfd, wire.FrameReader(rfd)
         self.dead: str | None = None
         self.memory = False
         self.proxies: dict[int, RemoteObject] = {}
@@ -214,7 +249,7 @@ class _Connection:
 
     def _receive(self) -> Any:
         try:
-            reply = wire.read_frame(self.rfd)
+            reply = self.replies.read()
         except (wire.ProtocolError, OSError) as exc:
             self._die(f"program broke the protocol: {exc}")
         if reply is None:
@@ -306,15 +341,34 @@ def _send_ref(value: Any) -> Any:
 _BUILTIN_NAMES = frozenset(dir(builtins))
 
 
+# Importing these has side effects (browsers, GUIs, printing) we do not want
+# in the long-lived test process.
+_NO_IMPORT = frozenset({"antigravity", "this", "tkinter", "turtle", "turtledemo", "idlelib", "webbrowser"})
+
+
 def _import_module(name: str) -> Any:
+    """The test side's own copy of a module the program imported (by name only).
+
+    Only modules already loaded or from the standard library: the program
+    chooses the name, so it must not be able to make the test side import
+    arbitrary code.
+    """
+    if name in sys.modules:
+        return sys.modules[name]
+    top = name.partition(".")[0]
+    if top not in sys.stdlib_module_names or top in _NO_IMPORT:
+        return None
     try:
         return importlib.import_module(name)
     except Exception:
         return None
 
 
+@functools.lru_cache(maxsize=512)
 def _compile_test(source: str, name: str) -> Any:
     # optimize=0 keeps assert statements whatever flags the interpreter has.
+    # Cached: the test server lives across jobs, and pipelines verify several
+    # samples per prompt against the same tests.
     return compile(source, name, "exec", dont_inherit=True, optimize=0)
 
 
@@ -328,16 +382,26 @@ def _classify(exc: BaseException, conn: _Connection) -> tuple[str, str]:
     return "exception", f"{type(exc).__name__}: {exc}"
 
 
-def run_test_side(tests: dict[str, Any], wfd: int, rfd: int, report_fd: int) -> None:
-    """Run each case against the program process; report every finished case."""
+def run_test_side(tests: dict[str, Any], wfd: int, rfd: int, report_fd: int, job: int = 0) -> None:
+    """Run each case against the program process; report every finished case, then ``done``."""
+    def report(message: dict[str, Any]) -> None:
+        wire.write_frame(report_fd, {**message, "job": job})
+
     conn = _Connection(wfd, rfd)
+    try:
+        _run_cases(tests, conn, report)
+    finally:
+        report({"done": True})
+
+
+def _run_cases(tests: dict[str, Any], conn: _Connection, report: Any) -> None:
     try:
         hello = conn.handshake()
     except RemoteDied as exc:
-        wire.write_frame(report_fd, {"load_error": "died", "detail": str(exc)})
+        report({"load_error": "died", "detail": str(exc)})
         return
     if not hello["ok"]:
-        wire.write_frame(report_fd, {"load_error": str(hello.get("etype")), "detail": str(hello.get("detail"))})
+        report({"load_error": str(hello.get("etype")), "detail": str(hello.get("detail"))})
         return
     names = hello.get("names")
     env: dict[str, Any] = {"__name__": "__test__", "__builtins__": builtins}
@@ -358,11 +422,9 @@ def run_test_side(tests: dict[str, Any], wfd: int, rfd: int, report_fd: int) -> 
         except BaseException as exc:
             kind, detail = _classify(exc, conn)
             ok = False
-        wire.write_frame(report_fd, {"case": index, "ok": ok, "kind": kind,
-                                     "detail": "" if ok else _tail(f"{label}: {detail}")})
+        report({"case": index, "ok": ok, "kind": kind, "detail": "" if ok else _tail(f"{label}: {detail}")})
         if conn.dead:
             break
-    wire.write_frame(report_fd, {"done": True})
 
 
 def _cases(tests: dict[str, Any], env: dict[str, Any]) -> Any:

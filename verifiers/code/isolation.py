@@ -2,7 +2,7 @@
 
 A worker calls ``isolate_worker`` once: it moves itself into fresh network and
 mount namespaces (loopback down, so nothing is reachable), makes ``/``
-read-only, mounts private tmpfs over ``/tmp`` & co, and hides home
+read-only, mounts private tmpfs over ``/tmp``, ``/run`` & co, and hides home
 directories and the factory's store behind empty tmpfs (binding the Python
 installation back, read-only, where it lives under a hidden path). Every
 sandboxed child it forks then calls ``enter_sandbox``: new session, rlimits,
@@ -27,7 +27,9 @@ CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
 PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
-SCRATCH_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+# Covered by private tmpfs: the shared scratch dirs, and /run, which holds
+# host unix sockets (dbus, ...) that a network namespace does not cut off.
+SCRATCH_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run")
 SCRATCH_SIZE = "256m"
 FILE_SIZE_LIMIT = 16 << 20
 OPEN_FILES_LIMIT = 256
@@ -115,8 +117,13 @@ def isolate_worker(hidden_paths: list[str]) -> dict[str, object]:
     return {"hidden": hidden, "rebound": sorted(keep)}
 
 
-def become_subreaper() -> None:
-    """Orphans of sandboxed programs re-parent to the worker, which kills them."""
+def detach_worker() -> None:
+    """Leave the caller's session (so no child can reach its terminal) and become
+    a child subreaper (so orphans of sandboxed programs re-parent to the worker)."""
+    try:
+        os.setsid()
+    except PermissionError:  # already a process group leader
+        pass
     prctl(PR_SET_CHILD_SUBREAPER, 1)
 
 
@@ -134,12 +141,16 @@ def _set_limit(which: int, value: int) -> None:
 
 
 def enter_sandbox(uid: int | None, workdir: str, limits: Limits) -> None:
-    """In a freshly forked child: own session, rlimits, then drop to ``uid``."""
-    os.setsid()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGCHLD):
-        signal.signal(sig, signal.SIG_DFL)
+    """In a freshly forked child: own process group, rlimits, then drop to ``uid``.
+
+    A process group, not a session: the worker already left its terminal's
+    session (``detach_worker``), and ``setsid`` costs milliseconds per call
+    once the worker sits in its own namespaces.
+    """
+    os.setpgid(0, 0)
     _set_limit(resource.RLIMIT_AS, limits.memory_mb << 20)
-    _set_limit(resource.RLIMIT_CPU, max(1, math.ceil(limits.cpu_s)))
+    if limits.cpu_s > 0:  # 0: no CPU limit (long-lived helpers bounded by the wall clock)
+        _set_limit(resource.RLIMIT_CPU, max(1, math.ceil(limits.cpu_s)))
     _set_limit(resource.RLIMIT_FSIZE, limits.file_size)
     _set_limit(resource.RLIMIT_NOFILE, limits.open_files)
     _set_limit(resource.RLIMIT_CORE, 0)
@@ -152,6 +163,5 @@ def enter_sandbox(uid: int | None, workdir: str, limits: Limits) -> None:
         os.setresuid(uid, uid, uid)
     prctl(PR_SET_NO_NEW_PRIVS, 1)
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    os.environ.clear()
-    os.environ.update({"HOME": workdir, "TMPDIR": workdir, "PATH": "/usr/local/bin:/usr/bin:/bin",
-                       "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
+    # The pool already started the worker with a minimal environment (no secrets).
+    os.environ["HOME"] = os.environ["TMPDIR"] = workdir

@@ -79,17 +79,19 @@ class SandboxPool:
     unsafe_no_sandbox: run without namespaces or uid switch (rlimits, process
         groups, temp dirs and the split test/program processes remain). Only
         for machines where the sandbox cannot be set up and the code is trusted.
+    pin_workers: pin worker i (and its sandboxes) to the i-th usable core.
     """
 
     def __init__(self, workers: int | None = None, *, hide_paths: Sequence[str] = (),
-                 unsafe_no_sandbox: bool = False, base_uid: int = DEFAULT_BASE_UID) -> None:
+                 unsafe_no_sandbox: bool = False, base_uid: int = DEFAULT_BASE_UID,
+                 pin_workers: bool = True) -> None:
         workers = workers if workers is not None else len(os.sched_getaffinity(0))
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers: expected an integer >= 1, got {workers!r}")
         if isinstance(base_uid, bool) or not isinstance(base_uid, int) or not 1000 <= base_uid < 2**31 - 2 * workers:
             raise ValueError(f"base_uid: expected an integer in [1000, 2**31), got {base_uid!r}")
         self.size = workers
-        self.config = {"unsafe": bool(unsafe_no_sandbox), "base_uid": base_uid,
+        self.config = {"unsafe": bool(unsafe_no_sandbox), "base_uid": base_uid, "pin": bool(pin_workers),
                        "hidden": default_hidden_paths() + [os.path.realpath(p) for p in hide_paths]}
         self.workers: list[_Worker] = []
         self.info: dict[str, Any] = {}
@@ -144,25 +146,40 @@ class SandboxPool:
                 selector.register(worker.out_fd, selectors.EVENT_READ, worker)
             busy: set[int] = set()
 
+            def replace(worker: _Worker) -> _Worker:
+                selector.unregister(worker.out_fd)
+                fresh = self._restart(worker)
+                selector.register(fresh.out_fd, selectors.EVENT_READ, fresh)
+                return fresh
+
             def feed(worker: _Worker) -> None:
-                if queue:
-                    index = queue.popleft()
-                    job = jobs[index]
-                    worker.send(index, job, _watchdog(job))
-                    busy.add(worker.slot)
+                if not queue:
+                    return
+                index = queue.popleft()
+                try:
+                    worker.send(index, jobs[index], _watchdog(jobs[index]))
+                except OSError:  # it died while idle
+                    worker = replace(worker)
+                    worker.send(index, jobs[index], _watchdog(jobs[index]))
+                busy.add(worker.slot)
+
+            def fail(worker: _Worker, why: str) -> _Worker:
+                if worker.slot in busy:
+                    results[worker.job] = _crashed(jobs[worker.job], why)
+                    busy.discard(worker.slot)
+                return replace(worker)
 
             for worker in self.workers:
                 feed(worker)
             while busy:
                 for key, _ in selector.select(timeout=1.0):
                     worker = key.data
-                    reply = wire.read_frame(worker.out_fd)
-                    if reply is None or reply.get("id") != worker.job:
-                        selector.unregister(worker.out_fd)
-                        results[worker.job] = _crashed(jobs[worker.job], "sandbox worker died")
-                        busy.discard(worker.slot)
-                        worker = self._restart(worker)
-                        selector.register(worker.out_fd, selectors.EVENT_READ, worker)
+                    try:
+                        reply = wire.read_frame(worker.out_fd)
+                    except (wire.ProtocolError, OSError):
+                        reply = None
+                    if reply is None or reply.get("id") != worker.job or worker.slot not in busy:
+                        worker = fail(worker, "sandbox worker died")
                     else:
                         results[worker.job] = CodeVerdict.from_dict(reply["verdict"])
                         busy.discard(worker.slot)
@@ -171,12 +188,7 @@ class SandboxPool:
                 for worker in list(self.workers):
                     if worker.slot in busy and now > worker.deadline:
                         log.warning("code sandbox worker %d wedged; restarting it", worker.slot)
-                        selector.unregister(worker.out_fd)
-                        results[worker.job] = _crashed(jobs[worker.job], "sandbox worker wedged")
-                        busy.discard(worker.slot)
-                        worker = self._restart(worker)
-                        selector.register(worker.out_fd, selectors.EVENT_READ, worker)
-                        feed(worker)
+                        feed(fail(worker, "sandbox worker wedged"))
         return [r for r in results if r is not None]
 
 

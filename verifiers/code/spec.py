@@ -96,6 +96,8 @@ class CodeTests:
             inner = d["tests"]
             return inner if isinstance(inner, CodeTests) else cls.from_dict(inner, entry_point=entry_point)
         kind = d.get("kind")
+        if kind is not None and kind not in ("humaneval", "asserts", "stdio"):
+            raise ValueError(f"kind: expected 'humaneval', 'asserts' or 'stdio', got {kind!r}")
         if kind == "humaneval" or (kind is None and "test" in d and entry_point):
             return cls.humaneval(d.get("test", ""), entry_point or "", d.get("prompt", ""))
         if kind == "asserts" or (kind is None and ("asserts" in d or "test_list" in d)):

@@ -69,6 +69,40 @@ def read_frame(fd: int) -> Any:
         raise ProtocolError(f"bad frame: {exc}") from None
 
 
+class FrameReader:
+    """``read_frame`` with a buffer: usually one ``read`` per frame instead of two."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = bytearray()
+
+    def _fill(self, need: int) -> bool:
+        while len(self.buffer) < need:
+            chunk = os.read(self.fd, max(need - len(self.buffer), 1 << 16))
+            if not chunk:
+                if self.buffer:
+                    raise ProtocolError("truncated frame")
+                return False
+            self.buffer += chunk
+        return True
+
+    def read(self) -> Any:
+        """The next message, or None on EOF."""
+        if not self._fill(_HEADER.size):
+            return None
+        (size,) = _HEADER.unpack_from(self.buffer)
+        if size > MAX_FRAME:
+            raise ProtocolError(f"frame of {size} bytes exceeds {MAX_FRAME}")
+        if not self._fill(_HEADER.size + size):
+            raise ProtocolError("truncated frame")
+        payload = bytes(self.buffer[_HEADER.size:_HEADER.size + size])
+        del self.buffer[:_HEADER.size + size]
+        try:
+            return json.loads(payload)
+        except (ValueError, RecursionError) as exc:
+            raise ProtocolError(f"bad frame: {exc}") from None
+
+
 def encode(value: Any, on_other: Callable[[Any], Any] | None = None, depth: int = 0) -> Any:
     """Plain data → JSON-able tree; other objects go through ``on_other`` (else ``NotPlain``)."""
     if depth > _MAX_DEPTH:

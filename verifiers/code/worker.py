@@ -26,6 +26,7 @@ import os
 import select
 import shutil
 import signal
+import socket
 import stat
 import sys
 import tempfile
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from . import harness, wire
-from .isolation import Limits, SandboxUnavailable, become_subreaper, enter_sandbox, isolate_worker
+from .isolation import Limits, SandboxUnavailable, detach_worker, enter_sandbox, isolate_worker
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ PREIMPORTS = ("math", "cmath", "re", "string", "collections", "collections.abc",
               "queue", "sys", "os", "ast", "inspect")
 OUTPUT_LIMIT = 8 << 20
 DETAIL_CHARS = 600
-TEST_SIDE_MEMORY_MB = 1024
+TEST_SIDE_MEMORY_MB = 2048
+TEST_SERVER_JOBS = 1000
 
 
 @dataclass
@@ -55,6 +57,7 @@ class WorkerState:
     program_uid: int | None
     test_uid: int | None
     runs: int = 0
+    test_server: "TestServer | None" = None
 
 
 def main() -> None:
@@ -85,14 +88,22 @@ def main() -> None:
 
 
 def _start(config: dict[str, Any]) -> tuple[WorkerState, dict[str, Any]]:
+    if config.get("pin"):
+        # The program and test processes ping-pong over pipes; on one core a
+        # wake-up needs no cross-CPU interrupt (measured ~15% less CPU per job).
+        cores = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cores[int(config["slot"]) % len(cores)]})
     for name in PREIMPORTS:
         importlib.import_module(name)
-    become_subreaper()
+    detach_worker()
     if config.get("unsafe"):
         return WorkerState(tempfile.mkdtemp(prefix="factory-code-"), None, None), {"isolation": "none"}
     info = isolate_worker(config["hidden"])
     base = int(config["base_uid"]) + 2 * int(config["slot"])
     state = WorkerState("/tmp", base, base + 1)
+    # Leftovers of a predecessor in this slot that crashed (grandchildren do
+    # not get its parent-death signal) would count against RLIMIT_NPROC.
+    _kill_uids([state.program_uid, state.test_uid])
     _probe(state)
     return state, {"isolation": "netns+mountns+uid", "uids": [base, base + 1], **info}
 
@@ -105,14 +116,13 @@ def _probe(state: WorkerState) -> None:
         code = 1
         try:
             enter_sandbox(state.program_uid, workdir, Limits(memory_mb=256, cpu_s=5))
-            import socket
-            with socket.socket() as s:
-                s.settimeout(1)
+            with socket.socket() as probe:
+                probe.settimeout(1)
                 try:
-                    s.connect(("127.0.0.1", 9))
+                    probe.connect(("127.0.0.1", 9))
                     code = 3
-                except OSError as exc:
-                    code = 0 if exc.errno in (errno.ENETUNREACH, errno.ECONNREFUSED, errno.EACCES) else 4
+                except OSError as exc:  # loopback down in a fresh namespace: unreachable
+                    code = 0 if exc.errno == errno.ENETUNREACH else 4
             if code == 0 and os.geteuid() == 0:
                 code = 5
         finally:
@@ -187,12 +197,14 @@ def _kill_and_reap(pids: list[int], state: WorkerState) -> dict[int, int]:
 
 
 def _reap_strays(state: WorkerState) -> None:
-    """Kill every remaining descendant: as subreaper, they are all our children by now."""
+    """Kill every remaining descendant: as subreaper, they are all our children by now
+    (except the test server, which is ours and alive)."""
     path = f"/proc/self/task/{os.getpid()}/children"
+    spare = {state.test_server.pid} if state.test_server is not None else set()
     for _ in range(10_000):
         try:
             with open(path) as f:
-                pids = [int(p) for p in f.read().split()]
+                pids = [int(p) for p in f.read().split() if int(p) not in spare]
         except FileNotFoundError:
             _kill_uid_fallback(state)
             return
@@ -211,8 +223,13 @@ def _reap_strays(state: WorkerState) -> None:
 
 
 def _kill_uid_fallback(state: WorkerState) -> None:
-    """Without /proc/<pid>/task/<tid>/children: kill(-1) as each sandbox uid."""
-    for uid in (state.program_uid, state.test_uid):
+    """Without /proc/<pid>/task/<tid>/children: kill(-1) as the program's uid."""
+    _kill_uids([state.program_uid])
+
+
+def _kill_uids(uids: list[int | None]) -> None:
+    """SIGKILL every process of each uid (``kill(-1)`` sent as that uid)."""
+    for uid in uids:
         if uid is None:
             continue
         pid = os.fork()
@@ -255,68 +272,149 @@ def _finish(workdir: str) -> str:
 
 # --------------------------------------------------------------------------- function tests
 
+class TestServer:
+    """The long-lived test-side process (own uid), handed each job's pipe ends.
+
+    Forking it once instead of per job halves the forks on the hot path. It is
+    replaced after a timeout, a crash, or ``TEST_SERVER_JOBS`` jobs.
+    """
+
+    def __init__(self, state: WorkerState) -> None:
+        self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.reports, report_w = os.pipe()
+        null = os.open(os.devnull, os.O_RDWR)
+        uid = state.test_uid
+
+        def serve() -> int:
+            # No CPU rlimit: it lives across jobs; the worker's wall clock bounds each one.
+            enter_sandbox(uid, "/", Limits(TEST_SIDE_MEMORY_MB, cpu_s=0))
+            _serve_tests(control_fd=3, report_fd=4)
+            return 0
+
+        self.pid = _fork(serve, (null, null, null), [theirs.fileno(), report_w])
+        for fd in (report_w, null):
+            os.close(fd)
+        theirs.close()
+        self.jobs = 0
+        self.buffer = bytearray()
+
+    def submit(self, job: int, tests: dict[str, Any], wfd: int, rfd: int) -> None:
+        payload = json.dumps({"job": job, "tests": tests}).encode()
+        socket.send_fds(self.control, [len(payload).to_bytes(4, "big")], [wfd, rfd])
+        self.control.sendall(payload)
+        self.jobs += 1
+
+    def collect(self, job: int, deadline: float) -> tuple[list[dict[str, Any]], bool, bool]:
+        """This job's frames until ``done``; (frames, timed_out, broken)."""
+        poller = select.poll()
+        poller.register(self.reports, select.POLLIN)
+        frames: list[dict[str, Any]] = []
+        while True:
+            while len(self.buffer) >= 4:
+                size = int.from_bytes(self.buffer[:4], "big")
+                if size > 1 << 20 or len(self.buffer) < 4 + size and len(self.buffer) > (1 << 20) + 4:
+                    return frames, False, True
+                if len(self.buffer) < 4 + size:
+                    break
+                try:
+                    frame = json.loads(bytes(self.buffer[4:4 + size]))
+                except ValueError:
+                    return frames, False, True
+                del self.buffer[:4 + size]
+                if frame.get("job") != job:
+                    continue
+                if frame.get("done") is True:
+                    return frames, False, False
+                frames.append(frame)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return frames, True, False
+            if not poller.poll(remaining * 1000):
+                continue
+            chunk = os.read(self.reports, 1 << 16)
+            if not chunk:
+                return frames, False, True
+            self.buffer += chunk
+
+    def close(self) -> None:
+        for kill in (os.killpg, os.kill):
+            try:
+                kill(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+        self.control.close()
+        os.close(self.reports)
+
+
+def _serve_tests(control_fd: int, report_fd: int) -> None:
+    """The test server's loop: one job (tests + two pipe ends) at a time."""
+    control = socket.socket(fileno=control_fd)
+    while True:
+        header, fds, _flags, _addr = socket.recv_fds(control, 4, 2)
+        if not header:
+            return
+        size = int.from_bytes(header, "big")
+        payload = bytearray()
+        while len(payload) < size:
+            chunk = control.recv(size - len(payload))
+            if not chunk:
+                return
+            payload += chunk
+        message = json.loads(payload)
+        wfd, rfd = fds
+        try:
+            harness.run_test_side(message["tests"], wfd=wfd, rfd=rfd, report_fd=report_fd, job=message["job"])
+        finally:
+            os.close(wfd)
+            os.close(rfd)
+
+
 def _run_functions(program: str, tests: dict[str, Any], timeout_s: float, memory_mb: int,
                    state: WorkerState) -> dict[str, Any]:
     total = 1 if tests["kind"] == "humaneval" else len(tests["asserts"])
+    if state.test_server is None:
+        state.test_server = TestServer(state)
+    server = state.test_server
     workdir = _make_workdir(state)
     t2p_r, t2p_w = os.pipe()
     p2t_r, p2t_w = os.pipe()
-    report_r, report_w = os.pipe()
     null = os.open(os.devnull, os.O_RDWR)
-    cpu_s = timeout_s + 1
-
-    def test_side() -> int:
-        enter_sandbox(state.test_uid, "/", Limits(max(TEST_SIDE_MEMORY_MB, 2 * memory_mb), cpu_s))
-        harness.run_test_side(tests, wfd=3, rfd=4, report_fd=5)
-        return 0
 
     def program_side() -> int:
-        enter_sandbox(state.program_uid, workdir, Limits(memory_mb, cpu_s))
+        enter_sandbox(state.program_uid, workdir, Limits(memory_mb, timeout_s + 1))
         harness.install_policy_hook(workdir)
         harness.serve_program(program, tests, rfd=3, wfd=4)
         return 0
 
     deadline = time.monotonic() + timeout_s
-    test_pid = _fork(test_side, (null, null, null), [t2p_w, p2t_r, report_w])
-    os.close(report_w)
     program_pid = _fork(program_side, (null, null, null), [t2p_r, p2t_w])
-    for fd in (t2p_r, t2p_w, p2t_r, p2t_w, null):
+    for fd in (t2p_r, p2t_w, null):  # only the two processes may hold the pipe ends (EOF = death)
         os.close(fd)
+    job = state.runs
     try:
-        frames, timed_out, broken = _collect_reports(report_r, deadline)
-    finally:
-        os.close(report_r)
-        _kill_and_reap([test_pid, program_pid], state)
+        try:
+            try:
+                server.submit(job, tests, t2p_w, p2t_r)
+            except OSError:  # the idle test server is gone: start another, once
+                server.close()
+                server = state.test_server = TestServer(state)
+                server.submit(job, tests, t2p_w, p2t_r)
+        finally:
+            os.close(t2p_w)
+            os.close(p2t_r)
+        frames, timed_out, broken = server.collect(job, deadline)
+    except OSError:
+        frames, timed_out, broken = [], False, True
+    if timed_out or broken or server.jobs >= TEST_SERVER_JOBS:
+        server.close()
+        state.test_server = None
+    _kill_and_reap([program_pid], state)
     violation = _finish(workdir)
     return _function_verdict(frames, total, timed_out, broken, violation, timeout_s)
-
-
-def _collect_reports(fd: int, deadline: float) -> tuple[list[dict[str, Any]], bool, bool]:
-    """Frames from the test process until it closes the pipe or the deadline passes."""
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    buf, frames = bytearray(), []
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return frames, True, False
-        if not poller.poll(remaining * 1000):
-            continue
-        chunk = os.read(fd, 1 << 16)
-        if not chunk:
-            return frames, False, bool(buf)
-        buf += chunk
-        while len(buf) >= 4:
-            size = int.from_bytes(buf[:4], "big")
-            if size > 1 << 20:
-                return frames, False, True
-            if len(buf) < 4 + size:
-                break
-            try:
-                frames.append(json.loads(bytes(buf[4:4 + size])))
-            except ValueError:
-                return frames, False, True
-            del buf[:4 + size]
 
 
 def _function_verdict(frames: list[dict[str, Any]], total: int, timed_out: bool, broken: bool,
@@ -325,7 +423,7 @@ def _function_verdict(frames: list[dict[str, Any]], total: int, timed_out: bool,
     passed = sum(1 for f in cases if f.get("ok") is True)
     failing = next((f for f in cases if f.get("ok") is not True), None)
     load = next((f for f in frames if "load_error" in f), None)
-    done = any(f.get("done") is True for f in frames)
+    done = not broken
     if violation:
         return _verdict("violation", passed, total, violation)
     if timed_out:

@@ -20,7 +20,7 @@ from fractions import Fraction
 from typing import Callable
 
 from verifiers.math import latex, symbolic
-from verifiers.math.structure import Answer, Choice, Equation, Expr, Matrix, Seq, Text, Union_
+from verifiers.math.structure import Answer, Choice, Equation, Expr, Matrix, Seq, Text, IntervalUnion
 
 # Relative tolerance for values that went through floating point.
 RELATIVE_TOLERANCE = 1e-10
@@ -74,8 +74,8 @@ def _same(gold: Answer, answer: Answer) -> Decision:
         return _sequence(gold, answer)
     if isinstance(gold, Matrix):
         return _matrix(gold, answer)
-    if isinstance(gold, Union_):
-        if isinstance(answer, Union_):
+    if isinstance(gold, IntervalUnion):
+        if isinstance(answer, IntervalUnion):
             return _unordered(gold.parts, answer.parts)
         return NOT_EQUAL
     return NOT_EQUAL
@@ -233,8 +233,12 @@ def _scaled(expr: Expr, factor: Fraction) -> Expr | None:
 
 def _expr(gold: Expr, answer: Expr) -> Decision:
     if gold.node is None or answer.node is None:
-        if (gold.error or "").startswith("too_complex") or (answer.error or "").startswith("too_complex"):
+        errors = (gold.error or "", answer.error or "")
+        if any(error.startswith("too_complex") for error in errors):
             return Decision(None, "too_complex")
+        if any(error.startswith("syntax") for error in errors):
+            # Malformed text is no answer; sympy would guess ("1 2" -> 3).
+            return Decision(None, "unparsable")
         equal = symbolic.equal(gold.text, answer.text)
         return Decision(equal, "equal_symbolic" if equal else ("not_equal" if equal is False else "unparsable"))
     try:
@@ -246,20 +250,23 @@ def _expr(gold: Expr, answer: Expr) -> Decision:
 
 
 def _values(gold: tuple, answer: tuple) -> Decision:
-    gold_symbols = latex.symbols(gold)
-    if gold_symbols != latex.symbols(answer):
-        return NOT_EQUAL
-    if not gold_symbols:
+    names = latex.symbols(gold) | latex.symbols(answer)
+    if not names:
         try:
             gold_value = latex.evaluate(gold)
+        except latex.TooComplex:
+            raise
         except (ZeroDivisionError, ValueError, OverflowError):
             return Decision(None, "unparsable")
         try:
             answer_value = latex.evaluate(answer)
+        except latex.TooComplex:
+            raise
         except (ZeroDivisionError, ValueError, OverflowError):
             return NOT_EQUAL
         return EQUAL if _close(gold_value, answer_value) else NOT_EQUAL
-    return _sampled(gold, answer, sorted(gold_symbols), _close_at_point)
+    # Letters on either side: \sin^2 x + \cos^2 x is the constant 1.
+    return _sampled(gold, answer, sorted(names), _close_at_point)
 
 
 def _proportional(gold: tuple, answer: tuple) -> Decision:

@@ -43,6 +43,10 @@ class Unsupported(ValueError):
     """The text uses LaTeX this parser does not understand."""
 
 
+class UnknownCommand(Unsupported):
+    """A ``\\command`` this parser does not know; sympy may (``\\gcd``, ``\\det``)."""
+
+
 class TooComplex(ValueError):
     """Evaluating the text would take unbounded time or memory."""
 
@@ -58,7 +62,7 @@ GREEK = frozenset(
 # Commands that are only a multiplication or division sign.
 _TIMES = frozenset(("cdot", "times", "ast"))
 # Commands that carry no value: spacing and sizing that survived clean-up.
-_IGNORED = frozenset(("left", "right", "big", "Big", "bigg", "Bigg", "displaystyle", "limits", "mathrm_", ","))
+_IGNORED = frozenset(("left", "right", "big", "Big", "bigg", "Bigg", "displaystyle", "limits"))
 _FONT_WRAPPERS = frozenset(("mathrm", "mathbf", "mathit", "textbf", "textit", "operatorname", "boldsymbol", "mathsf"))
 
 PI = ("const", "pi")
@@ -94,7 +98,9 @@ class _Parser:
             char = text[self.pos]
             if char in " \t\n":
                 self.pos += 1
-            elif char == "\\" and self.pos + 1 < len(text) and text[self.pos + 1] in ",;:! ":
+            elif char == "\\" and self.pos + 1 < len(text) and text[self.pos + 1] in ",;:! " and (
+                self.pos == 0 or text[self.pos - 1] != "\\"
+            ):
                 self.pos += 2
             else:
                 name = self.peek_command()
@@ -296,8 +302,9 @@ class _Parser:
         self.pos = end
         node: Node = ("num", value)
         # A mixed number: 1\frac{4}{5} is 1 + 4/5, as MATH writes it.
+        saved = self.pos
+        self.skip_space()
         if value.denominator == 1 and "." not in literal and self.peek_command() in ("frac", "dfrac", "tfrac"):
-            saved = self.pos
             self.take_command()
             fraction = self.fraction()
             if _is_integer_fraction(fraction):
@@ -363,8 +370,10 @@ class _Parser:
             if word in FUNCTIONS:
                 self.pos = close + 1
                 return self.function(word)
+            if name == "operatorname":
+                raise UnknownCommand(f"\\operatorname{{{word}}}")
             return self.group()
-        raise Unsupported(f"\\{name}")
+        raise UnknownCommand(f"\\{name}")
 
     def function(self, name: str) -> Node:
         power: Node | None = None

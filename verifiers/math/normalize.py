@@ -86,7 +86,8 @@ _LATEX_REWRITES = (
 
 # Thousands separators MATH writes inside numbers: 10,\!080 and 10{,}080.
 _LATEX_THOUSANDS = re.compile(r"(?<=\d)(?:,\\!\s*|\{,\}\s*)(?=\d{3}(?!\d))")
-_SPACING = re.compile(r"\\[,;: ]|\\q?quad(?![a-zA-Z])|~")
+# Not after a backslash: "\\\\ " is a matrix row break, not a space.
+_SPACING = re.compile(r"(?<!\\)\\[,;: ]|\\q?quad(?![a-zA-Z])|~")
 _RUNS_OF_SPACE = re.compile(r"\s+")
 # A space matters only between two alphanumerics (``2 3``, ``\cot x``).
 _INSIGNIFICANT_SPACE = re.compile(r" (?![0-9A-Za-z])|(?<![0-9A-Za-z]) ")

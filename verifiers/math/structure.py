@@ -47,7 +47,7 @@ class Seq:
 
 
 @dataclass(frozen=True, slots=True)
-class Union_:
+class IntervalUnion:
     """A union of intervals (``(0,9) \\cup (9,36)``); the order of parts is free."""
 
     parts: tuple["Answer", ...]
@@ -78,7 +78,7 @@ class Choice:
     letter: str
 
 
-Answer = Union[Expr, Seq, Union_, Matrix, Equation, Text, Choice]
+Answer = Union[Expr, Seq, IntervalUnion, Matrix, Equation, Text, Choice]
 
 _CHOICE = re.compile(r"\(?([A-E])\)?|\(([a-e])\)")
 _CHOICE_PREFIX = re.compile(r"\(?([A-E])(?:\)|(?=[\s.:]|$))")
@@ -86,6 +86,7 @@ _WORDS = re.compile(r"[A-Za-z][A-Za-z '\-]*")
 _MATRIX = re.compile(
     r"\\begin\{([pbBvV]?matrix|array)\}(?:\{[^{}]*\})?(.*)\\end\{\1\}", re.DOTALL
 )
+_BASE_NUMBER = re.compile(r"([0-9A-Za-z]+)_\{?(\d+)\}?")
 _MEMBERSHIP = re.compile(r"^[A-Za-z]\s*\\in\s*")
 _RELATIONS = ("\\le", "\\ge", "<", ">")
 _OPENERS = {"(": ")", "[": "]", "{": "}"}
@@ -104,13 +105,17 @@ def read_text(text: str) -> Answer:
     choice = _CHOICE.fullmatch(text)
     if choice is not None:
         return Choice((choice.group(1) or choice.group(2)).upper())
+    based = _BASE_NUMBER.fullmatch(text)
+    if based is not None:
+        # 52_8 is a numeral in base 8: its digits are the answer, not its value.
+        return Text(f"{based.group(1).lower()}_{based.group(2)}")
     matrix = _MATRIX.fullmatch(text)
     if matrix is not None:
         return _read_matrix(matrix.group(2))
     text = _MEMBERSHIP.sub("", text)
     parts = split_top(text, "\\cup")
     if len(parts) > 1:
-        return Union_(tuple(read_text(part) for part in parts))
+        return IntervalUnion(tuple(read_text(part) for part in parts))
     bracketed = _read_bracketed(text)
     if bracketed is not None:
         return bracketed
@@ -143,8 +148,10 @@ def _read_expr(text: str) -> Expr:
         return Expr(text, latex.parse(text))
     except latex.TooComplex as error:
         return Expr(text, None, f"too_complex: {error}")
+    except latex.UnknownCommand as error:
+        return Expr(text, None, f"unknown_command: {error}")
     except (latex.Unsupported, ValueError) as error:
-        return Expr(text, None, f"unsupported: {error}")
+        return Expr(text, None, f"syntax: {error}")
 
 
 def _read_bracketed(text: str) -> Answer | None:

@@ -69,7 +69,9 @@ def to_sympy(text: str):
     from latex2sympy2_extended import latex2sympy
 
     try:
-        return latex2sympy(text)
+        # doit() evaluates what latex2sympy leaves unevaluated (gcd, det); the
+        # input bounds keep that cheap.
+        return latex2sympy(text).doit()
     except Exception as error:  # the ANTLR parser raises many types
         logger.debug("latex2sympy failed on %r: %s", text, error)
         return None

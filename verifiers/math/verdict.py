@@ -19,5 +19,10 @@ class MathVerdict:
     extracted: str | None
     reason: str
 
+    @property
+    def code(self) -> str:
+        """The stable part of ``reason`` (text before the first ``":"``), for counting."""
+        return self.reason.split(":", 1)[0].strip()
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,0 +1,178 @@
+"""generate → store → filter → sql through the real CLI on the tiny local teacher; kill -9 and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from factory.models import arithmetic_problem
+from factory.recipe import load_recipe, recipe_hash
+from factory.store import make_sample_id, visible_shards
+from tests.conftest import REPO, run_cli
+
+RECIPE = """\
+kind: generate
+name: tiny_gen
+sources:
+  - name: arith
+    path: prompts.jsonl
+    fields: {{id: id, prompt: problem, reference: answer}}
+    task_type: math
+teacher:
+  role: r1_zero
+  backend: transformers
+  model: tiny-r1
+  transformers: {{batch_size: {batch}}}
+template:
+  user: "{{prompt}} Put the final answer in \\\\boxed{{{{}}}}."
+sampling: {{n: {n}, temperature: 0.7, top_p: 0.95, max_new_tokens: {tokens}, seed: 3}}
+generation: {{flush_every: {flush}, flush_seconds: 1}}
+filters:
+  - step: format
+  - step: correctness
+selection: {{k: 1, policy: shortest}}
+output: {{dataset: tiny_gen}}
+"""
+
+
+def make_recipe(directory: Path, *, prompts: int, n: int, tokens: int = 48, batch: int = 8, flush: int = 4) -> Path:
+    rng = random.Random(11)
+    rows = []
+    for i in range(prompts):
+        problem, value, _ = arithmetic_problem(rng)
+        rows.append({"id": f"q{i}", "problem": problem, "answer": str(value)})
+    (directory / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = directory / "tiny_gen.yaml"
+    path.write_text(RECIPE.format(n=n, tokens=tokens, batch=batch, flush=flush))
+    return path
+
+
+def planned_ids(recipe_path: Path, prompts: int, n: int) -> set[str]:
+    rhash = recipe_hash(load_recipe(str(recipe_path)))
+    return {make_sample_id(rhash, f"arith/q{i}", j) for i in range(prompts) for j in range(n)}
+
+
+def stored_ids(run_dir: Path) -> list[str]:
+    ids: list[str] = []
+    for shard in visible_shards(run_dir / "samples"):
+        ids.extend(pq.read_table(shard, columns=["sample_id"]).column("sample_id").to_pylist())
+    return ids
+
+
+def test_generate_filter_sql_end_to_end(factory_home: Path, tmp_path: Path) -> None:
+    recipe = make_recipe(tmp_path, prompts=6, n=2)
+    run_cli("generate", "--recipe", str(recipe), "--quiet", home=factory_home)
+    run_dir = factory_home / "runs" / "tiny_gen"
+    ids = stored_ids(run_dir)
+    assert sorted(ids) == sorted(planned_ids(recipe, 6, 2))  # every (prompt, index) exactly once
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["recipe_hash"] == recipe_hash(load_recipe(str(recipe)))
+    assert manifest["counts"]["samples"] == 12 and manifest["teacher"]["role"] == "r1_zero"
+    assert "torch" in manifest["versions"] and manifest["shards"]
+    rows = pq.read_table(visible_shards(run_dir / "samples")[0]).to_pylist()
+    lineage = rows[0]
+    assert lineage["teacher_role"] == "r1_zero" and lineage["backend"] == "transformers" and lineage["model"] == "tiny-r1"
+    assert lineage["prompt_id"].startswith("arith/") and lineage["completion_tokens"] > 0 and lineage["temperature"] == pytest.approx(0.7)
+    assert lineage["prompt_messages"][-1]["content"].endswith("\\boxed{}.")
+
+    # Re-running the same command generates nothing new.
+    again = run_cli("generate", "--recipe", str(recipe), "--quiet", home=factory_home)
+    assert "12" in again.stdout and len(stored_ids(run_dir)) == 12
+
+    run_cli("filter", "--run", "tiny_gen", "--quiet", home=factory_home)
+    sql = run_cli("sql", "SELECT step, count(*) AS n FROM verdicts GROUP BY step ORDER BY step", "--format", "json", home=factory_home)
+    counts = {r["step"]: r["n"] for r in json.loads(sql.stdout)}
+    assert counts["format"] == 12  # every sample got a format verdict
+    assert counts.get("correctness", 0) <= 12
+    passed_format = json.loads(run_cli("sql", "SELECT count(*) AS n FROM verdicts WHERE step='format' AND passed",
+                                       "--format", "json", home=factory_home).stdout)[0]["n"]
+    assert counts.get("correctness", 0) == passed_format  # only format survivors reach the verifier
+
+    # Filtering again is idempotent: nothing recomputed, no new verdict rows.
+    before = run_cli("sql", "SELECT count(*) AS n FROM verdicts_all", "--format", "json", home=factory_home).stdout
+    run_cli("filter", "--run", "tiny_gen", "--quiet", home=factory_home)
+    after = run_cli("sql", "SELECT count(*) AS n FROM verdicts_all", "--format", "json", home=factory_home).stdout
+    assert before == after
+
+    # Writes are refused by `factory sql`.
+    refused = run_cli("sql", "COPY (SELECT 1) TO 'x.csv'", home=factory_home, check=False)
+    assert refused.returncode == 2 and "read-only" in refused.stderr
+
+
+def test_changed_recipe_is_refused_unless_new_run(factory_home: Path, tmp_path: Path) -> None:
+    recipe = make_recipe(tmp_path, prompts=2, n=1, tokens=16)
+    run_cli("generate", "--recipe", str(recipe), "--quiet", home=factory_home)
+    refused = run_cli("generate", "--recipe", str(recipe), "sampling.temperature=0.3", "--quiet", home=factory_home, check=False)
+    assert refused.returncode == 2 and "different recipe" in refused.stderr and "--new-run" in refused.stderr
+    run_cli("generate", "--recipe", str(recipe), "sampling.temperature=0.3", "--new-run", "--quiet", home=factory_home)
+    assert len(stored_ids(factory_home / "runs" / "tiny_gen-2")) == 2
+    assert len(stored_ids(factory_home / "runs" / "tiny_gen")) == 2
+
+
+def test_kill9_at_random_points_then_resume_is_exactly_once(factory_home: Path, tmp_path: Path) -> None:
+    prompts, n = 12, 2
+    recipe = make_recipe(tmp_path, prompts=prompts, n=n, tokens=40, batch=4, flush=2)
+    run_dir = factory_home / "runs" / "tiny_gen"
+    env = {**os.environ, "FACTORY_HOME": str(factory_home), "PYTHONPATH": str(REPO)}
+    rng = random.Random(5)
+    kills = 0
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "-m", "cli", "generate", "--recipe", str(recipe), "--quiet"],
+                                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        start = len(stored_ids(run_dir)) if run_dir.exists() else 0
+        # Wait for progress past what earlier attempts left, then kill at a random moment.
+        while time.monotonic() < deadline and proc.poll() is None:
+            if run_dir.exists() and len(stored_ids(run_dir)) > start:
+                break
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.5))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait(timeout=30)
+    assert kills >= 1
+    partial = stored_ids(run_dir)
+    assert len(partial) == len(set(partial))  # no duplicates even mid-way
+    run_cli("generate", "--recipe", str(recipe), "--quiet", home=factory_home)
+    final = stored_ids(run_dir)
+    assert Counter(final) == Counter(planned_ids(recipe, prompts, n))  # each exactly once, none lost
+    assert not [p for p in (run_dir / "samples").iterdir() if p.suffix == ".parquet" and p not in visible_shards(run_dir / "samples")]
+
+
+def test_replay_imports_traces_exactly_once(factory_home: Path, tmp_path: Path) -> None:
+    traces = [
+        {"messages": [{"role": "user", "content": "What is 2+2?"},
+                      {"role": "assistant", "content": "<think>\n2+2=4\n</think>\n\nThe answer is \\boxed{4}."}], "answer": "4"},
+        {"messages": [{"role": "user", "content": "What is 2+2?"},
+                      {"role": "assistant", "content": "\\boxed{5}", "reasoning_content": "2+2=5?"}], "answer": "4"},
+        {"problem": "What is 3*3?", "generation": "<think>3*3=9</think>\n\\boxed{9}", "answer": "9"},
+    ]
+    (tmp_path / "traces.jsonl").write_text("".join(json.dumps(t) + "\n" for t in traces))
+    (tmp_path / "replay.yaml").write_text(
+        "kind: generate\nname: imported\n"
+        "teacher:\n  role: rl_1\n  backend: replay\n  model: some-r1\n"
+        "  replay:\n    path: traces.jsonl\n    fields: {messages: messages, prompt: problem, generation: generation, reference: answer}\n"
+        "filters: [{step: format}, {step: correctness}]\noutput: {dataset: imported}\n"
+    )
+    run_cli("generate", "--recipe", str(tmp_path / "replay.yaml"), "--quiet", home=factory_home)
+    run_cli("generate", "--recipe", str(tmp_path / "replay.yaml"), "--quiet", home=factory_home)
+    rows = json.loads(run_cli("sql", "SELECT prompt, sample_index, reasoning, answer, backend, reference FROM samples ORDER BY prompt, sample_index",
+                              "--format", "json", home=factory_home).stdout)
+    assert len(rows) == 3 and {r["backend"] for r in rows} == {"replay"}
+    assert [r["sample_index"] for r in rows if r["prompt"] == "What is 2+2?"] == [0, 1]
+    assert rows[1]["reasoning"] == "2+2=5?" and rows[0]["reasoning"] == "2+2=4"
+    run_cli("filter", "--run", "imported", "--quiet", home=factory_home)
+    verdicts = json.loads(run_cli("sql", "SELECT s.answer, v.passed FROM verdicts v JOIN samples s USING (sample_id) WHERE step='correctness'",
+                                  "--format", "json", home=factory_home).stdout)
+    assert {v["answer"]: v["passed"] for v in verdicts} == {"The answer is \\boxed{4}.": True, "\\boxed{5}": False, "\\boxed{9}": True}
