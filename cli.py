@@ -194,7 +194,7 @@ def eval_(
     k: Annotated[int, typer.Option("-k", help="Samples per problem (pass@1 is averaged over k).")] = 4,
     limit: Annotated[int | None, typer.Option("--limit", help="First N problems only.")] = None,
     baseline: Annotated[str | None, typer.Option("--baseline", help="A second model to compare side by side.")] = None,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 512,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 2048,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Evaluate a model on a benchmark with the same verifiers: pass@1 over k samples and pass@k.
@@ -204,7 +204,13 @@ def eval_(
     from factory.evaluate import run_eval
 
     report = run_eval(model, bench, k=k, limit=limit, baseline=baseline, max_new_tokens=max_new_tokens, seed=seed)
-    out.print(_kv_table(f"eval {bench}", _public_fields(report)))
+    rows = report.table()
+    table = Table(title=f"eval {bench}")
+    for col in rows[0] if rows else []:
+        table.add_column(str(col))
+    for row in rows:
+        table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()])
+    out.print(table)
 
 
 # ---------------------------------------------------------------- inspection
@@ -339,8 +345,8 @@ def verify_code(
 def dedup(
     path: Annotated[Path, typer.Argument(help="JSONL or Parquet file.")],
     field: Annotated[str, typer.Option("--field", help="Text column.")] = "text",
-    threshold: Annotated[float, typer.Option("--threshold", help="MinHash Jaccard threshold in (0, 1].")] = 0.8,
-    num_perm: Annotated[int, typer.Option("--num-perm")] = 128,
+    threshold: Annotated[float | None, typer.Option("--threshold", help="MinHash Jaccard threshold in (0, 1] (default 0.7).")] = None,
+    num_perm: Annotated[int | None, typer.Option("--num-perm", help="MinHash permutations, >= 16 (default 128).")] = None,
     output: Annotated[Path | None, typer.Option("--out")] = None,
 ) -> None:
     """Exact + MinHash near-duplicate detection on any dataset file.

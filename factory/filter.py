@@ -156,6 +156,8 @@ class ReadabilityStep(FilterStep):
     def validate(cls, params: dict[str, Any]) -> None:
         from verifiers.readability import validate_readability_params
 
+        if "task_type" in params:
+            raise ValueError("task_type: not a setting; each sample's own task type is used")
         _checked(validate_readability_params, params)
 
     def evaluate(self, rows: list[Row]) -> list[StepVerdict]:
@@ -287,7 +289,7 @@ class JudgeStep(FilterStep):
             passed = bool(verdict.correct) if verdict.correct is not None else verdict.score >= min_score
             if verdict.score is not None and verdict.correct is not None:
                 passed = verdict.correct and verdict.score >= min_score
-            out.append(StepVerdict(passed, None if passed else "judge_rejected", None if passed else f"judge_rejected: {verdict.reason}",
+            out.append(StepVerdict(passed, None if passed else "judge_rejected", None if passed else f"judge_rejected: {verdict.explanation or verdict.reason}",
                                    verdict.score, {"judge": completion.text[:500]}))
         return out
 
@@ -315,19 +317,22 @@ class DecontamStep(FilterStep):
     def evaluate(self, rows: list[Row]) -> list[StepVerdict]:
         index = self._index()
         fields = self.params.get("fields", ["prompt", "text"])
-        out = []
-        for row in rows:
-            hit = None
-            for name in fields:
-                hit = index.check(row[name] or "")
+        hits: list[tuple[str, Any] | None] = [None] * len(rows)
+        for name in fields:
+            todo = [i for i, h in enumerate(hits) if h is None]
+            found = index.check_batch([rows[i][name] or "" for i in todo])
+            for i, hit in zip(todo, found):
                 if hit is not None:
-                    break
-            if hit is None:
+                    hits[i] = (name, hit)
+        out = []
+        for found in hits:
+            if found is None:
                 out.append(StepVerdict(True))
-            else:
-                detail = {k: getattr(hit, k, None) for k in ("benchmark", "item_id", "ngram", "kind")}
-                out.append(StepVerdict(False, "contaminated", f"contaminated: {detail['benchmark']} {detail['kind']} "
-                                       f"match in {name}: {str(detail['ngram'])[:80]!r}", detail=detail))
+                continue
+            name, hit = found
+            detail = {k: getattr(hit, k, None) for k in ("benchmark", "item_id", "ngram", "kind", "n")}
+            out.append(StepVerdict(False, "contaminated", f"contaminated: {detail['benchmark']} {detail['kind']} "
+                                   f"match in {name}: {str(detail['ngram'])[:80]!r}", detail=detail))
         return out
 
     def _index(self):

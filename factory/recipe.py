@@ -81,6 +81,11 @@ class OpenAIOptions(Strict):
     backoff_base_s: float = Field(default=0.5, gt=0)
     backoff_max_s: float = Field(default=60.0, gt=0)
     use_n: Literal["auto", "always", "never"] = "auto"  # auto: detect servers that ignore `n`
+    max_n: int = Field(default=128, ge=1)
+    balance: Literal["least_in_flight", "round_robin"] = "least_in_flight"
+    failover_after: int = Field(default=3, ge=1)  # consecutive failures before an endpoint cools down
+    cooldown_s: float = Field(default=30.0, ge=0)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
     prices: Prices | None = None
     extra_body: dict[str, Any] = Field(default_factory=dict)
 
@@ -90,6 +95,9 @@ class VLLMOptions(Strict):
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     max_model_len: int | None = None
     dtype: str = "auto"
+    batch_size: int = Field(default=512, ge=1)
+    seed: int = 0
+    engine_args: dict[str, Any] = Field(default_factory=dict)  # extra LLM(...) arguments
 
 
 class ReplayFields(Strict):
@@ -243,6 +251,8 @@ class StudentRecipe(Strict):
     packing: bool = True  # several samples per sequence, isolated by position ids
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     save_steps: int = Field(default=50, ge=1)
+    gradient_checkpointing: bool = False
+    attn_implementation: str = "sdpa"  # flash_attention_2 on GPUs switches packing to the flat layout
     seed: int = 0
     lora: LoraConfig | None = None
 
@@ -345,10 +355,12 @@ def recipe_hash(recipe: Recipe) -> str:
         data.pop("selection", None)
         data.pop("generation", None)
         teacher = data["teacher"]
-        for knob in ("concurrency", "timeout_s", "max_retries", "backoff_base_s", "backoff_max_s", "endpoints", "api_key_env", "prices"):
+        for knob in ("concurrency", "timeout_s", "max_retries", "backoff_base_s", "backoff_max_s", "endpoints", "api_key_env", "prices",
+                     "max_n", "balance", "failover_after", "cooldown_s", "connect_timeout_s", "use_n"):
             teacher["openai"].pop(knob, None)
         teacher["transformers"].pop("batch_size", None)
         teacher["transformers"].pop("device", None)
+        teacher["vllm"].pop("batch_size", None)
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

@@ -68,7 +68,7 @@ def verify_math_file(path: Path, *, gold_field: str = "gold", response_field: st
 
 def verify_code_file(path: Path, *, program_field: str = "response", tests_field: str = "tests", out_path: Path | None = None,
                      workers: int | None = None, timeout_s: float = 5.0, unsafe_no_sandbox: bool = False) -> dict[str, Any]:
-    from verifiers.code import CodeTests, extract_code, run_batch
+    from verifiers.code import CodeTests, SandboxUnavailable, extract_code, run_batch
 
     rows = read_records(path)
     _require(rows, path, program_field, tests_field)
@@ -88,13 +88,10 @@ def verify_code_file(path: Path, *, program_field: str = "response", tests_field
             raise FactoryError(f"{path}: row {number}: column '{tests_field}': {exc}") from None
         text = str(row[program_field] or "")
         items.append((extract_code(text) or text, parsed))
-    kwargs: dict[str, Any] = {"workers": workers, "timeout_s": timeout_s}
-    if unsafe_no_sandbox:
-        kwargs["unsafe_no_sandbox"] = True
     try:
-        verdicts = run_batch(items, **kwargs)
-    except TypeError:
-        verdicts = run_batch(items, workers=workers)
+        verdicts = run_batch(items, workers=workers, timeout_s=timeout_s, unsafe_no_sandbox=unsafe_no_sandbox)
+    except SandboxUnavailable as exc:
+        raise FactoryError(str(exc).splitlines()[0]) from None
     out_path = out_path or path.with_name(path.stem + ".code_verdicts.jsonl")
     write_records([{"index": i, "passed": v.passed, "status": v.status, "passed_cases": v.passed_cases,
                     "total_cases": v.total_cases, "detail": v.detail} for i, v in enumerate(verdicts)], out_path)
