@@ -20,6 +20,8 @@ class RateProgress:
         self.tokens = 0
         self.unit = unit
         self._progress: Progress | None = None
+        self._pending = 0
+        self._last_draw = 0.0
         if enabled:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"),
@@ -40,6 +42,8 @@ class RateProgress:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         if self._progress:
+            if self._pending:
+                self._progress.update(self._task, advance=self._pending)
             self._progress.stop()
 
     def update(self, advance: int = 1, *, tokens: int = 0, errors: int = 0, retries: int = 0) -> None:
@@ -47,10 +51,17 @@ class RateProgress:
         self.tokens += tokens
         if not self._progress:
             return
-        elapsed = max(time.monotonic() - self.started, 1e-9)
+        self._pending += advance
+        now = time.monotonic()
+        # Redraw at most ten times a second: at 1,000 samples/s a per-sample redraw costs more than the store.
+        if now - self._last_draw < 0.1:
+            return
+        self._last_draw = now
+        elapsed = max(now - self.started, 1e-9)
         rates = f"{self.count / elapsed:.1f} {self.unit}/s"
         if self.tokens:
             rates += f" · {self.tokens / elapsed:.0f} tok/s"
         if errors or retries:
             rates += f" · errors {errors} · retries {retries}"
-        self._progress.update(self._task, advance=advance, rates=rates)
+        self._progress.update(self._task, advance=self._pending, rates=rates)
+        self._pending = 0

@@ -48,7 +48,7 @@ def test_sigkill_mid_shard_leaves_no_partial_shard(tmp_path: Path) -> None:
     leftovers = [p for p in (store_dir / "samples").iterdir() if p not in shards]
     assert all(p.name.startswith(".") and not p.name.endswith(".parquet") for p in leftovers)
     # A reader globbing the directory sees only complete shards.
-    total = duckdb.sql(f"SELECT count(*) FROM read_parquet('{store_dir}/samples/*.parquet')").fetchone()[0]
+    total = duckdb.sql(f"SELECT count(*) FROM read_parquet('{store_dir}/samples/*.parquet')").fetchall()[0][0]
     assert total == rows_per_shard * len(shards)
     # A new writer continues after the existing shards without clobbering any.
     RunStore(store_dir).append_samples([{"sample_id": "late", "run": "r"}])
@@ -71,7 +71,7 @@ def test_store_loads_with_datasets_and_duckdb(tmp_path: Path) -> None:
     files = [str(p) for p in store.sample_shards()]
     ds = datasets.load_dataset("parquet", data_files=files, split="train")
     assert len(ds) == 8 and set(ds["task_type"]) == {"math", "code"}
-    count = duckdb.sql(f"SELECT count(*) FROM read_parquet('{tmp_path}/run/samples/*.parquet') WHERE task_type='code'").fetchone()[0]
+    count = duckdb.sql(f"SELECT count(*) FROM read_parquet('{tmp_path}/run/samples/*.parquet') WHERE task_type='code'").fetchall()[0][0]
     assert count == 3
     store.append_verdicts("format", [{"sample_id": "s1", "step": "format", "passed": False, "code": "missing_think"}])
     assert store.latest_verdicts("format")["s1"]["code"] == "missing_think"
