@@ -77,18 +77,14 @@ def read_batches(path: Path, columns: Sequence[str], batch_rows: int = BATCH_ROW
         for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=list(columns)):
             yield {c: batch.column(c).to_pylist() for c in columns}
         return
+    from factory.sources import read_jsonl
+
     rows: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise FactoryError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-            if len(rows) == batch_rows:
-                yield {c: [r.get(c) for r in rows] for c in columns}
-                rows = []
+    for row in read_jsonl(path):
+        rows.append(row)
+        if len(rows) == batch_rows:
+            yield {c: [r.get(c) for r in rows] for c in columns}
+            rows = []
     if rows:
         yield {c: [r.get(c) for r in rows] for c in columns}
 

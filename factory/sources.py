@@ -52,7 +52,7 @@ def _read_rows(path: Path, source: SourceConfig, *, where: str) -> Iterator[dict
     fmt = source.format if source.format != "auto" else _detect_format(path)
     limit = source.limit
     if fmt == "jsonl":
-        yield from _read_jsonl(path, limit)
+        yield from read_jsonl(path, limit)
     elif fmt == "parquet":
         yield from _read_parquet(path, limit)
     elif fmt == "datasets":
@@ -73,7 +73,8 @@ def _detect_format(path: Path) -> str:
     return path.suffix.lstrip(".")
 
 
-def _read_jsonl(path: Path, limit: int | None) -> Iterator[dict[str, Any]]:
+def read_jsonl(path: Path, limit: int | None = None) -> Iterator[dict[str, Any]]:
+    """Objects of a JSONL file; a bad line is a one-line error naming file and line."""
     count = 0
     with open(path, encoding="utf-8") as handle:
         for line_number, line in enumerate(handle, 1):

@@ -20,16 +20,9 @@ def read_records(path: Path) -> list[dict[str, Any]]:
         import pyarrow.parquet as pq
 
         return pq.read_table(path).to_pylist()
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise FactoryError(f"{path}:{number}: invalid JSON ({exc.msg}); expected JSONL or .parquet") from None
-    return rows
+    from factory.sources import read_jsonl
+
+    return list(read_jsonl(path))
 
 
 def _require(rows: list[dict[str, Any]], path: Path, *fields: str) -> None:
