@@ -384,3 +384,54 @@ def test_vllm_missing_gives_install_hint() -> None:
     with pytest.raises(TeacherError, match="vllm is not installed"):
         teacher.generate([request("k", "q")])
 
+
+
+# ---------------------------------------------------------------- through the pipeline
+def _openai_recipe(directory: Path, url: str, model: str) -> Path:
+    prompts = [{"id": f"q{i}", "problem": ARITHMETIC[i % len(ARITHMETIC)], "answer": None} for i in range(3)]
+    (directory / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    path = directory / "served.yaml"
+    path.write_text(
+        "kind: generate\nname: served\n"
+        "sources:\n  - {name: arith, path: prompts.jsonl, fields: {id: id, prompt: problem}, task_type: qa}\n"
+        f"teacher:\n  role: rl_1\n  backend: openai\n  model: {model}\n"
+        f"  openai: {{endpoints: ['{url}'], concurrency: 4, timeout_s: 120, max_retries: 1}}\n"
+        "template: {user: '{prompt} Put the final answer in \\boxed{{}}.'}\n"
+        "sampling: {n: 2, temperature: 0.7, max_new_tokens: 64}\n"
+        "filters:\n  - step: format\n    style: optional\n  - step: correctness\n  - step: judge\n"
+        f"    teacher: {{backend: openai, model: {model}, openai: {{endpoints: ['{url}'], timeout_s: 120, max_retries: 1}}}}\n"
+        "    max_new_tokens: 32\n"
+        "output: {dataset: served}\n"
+    )
+    return path
+
+
+def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FACTORY_HOME": str(home), "PYTHONPATH": str(REPO_DIR)}
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, env=env, cwd=REPO_DIR, timeout=170)
+
+
+def test_generate_and_judge_through_a_real_server(tiny_server: str, tiny_model_dir: str, tmp_path: Path) -> None:
+    recipe = _openai_recipe(tmp_path, tiny_server, tiny_model_dir)
+    home = tmp_path / "home"
+    proc = _cli(home, "generate", "--recipe", str(recipe), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(_cli(home, "sql", "SELECT backend, endpoint, completion_tokens, prompt_id FROM samples", "--format", "json").stdout)
+    assert len(rows) == 6 and {r["backend"] for r in rows} == {"openai"} and {r["endpoint"] for r in rows} == {tiny_server}
+    assert all(r["completion_tokens"] > 0 for r in rows)
+    assert _cli(home, "filter", "--run", "served", "--quiet").returncode == 0
+    verdicts = json.loads(_cli(home, "sql", "SELECT step, passed, code FROM verdicts", "--format", "json").stdout)
+    unverifiable = [v for v in verdicts if v["step"] == "correctness"]
+    judged = [v for v in verdicts if v["step"] == "judge"]
+    assert all(v["passed"] is None for v in unverifiable)  # QA prompts without a reference: no rule applies
+    assert len(judged) == len(unverifiable)  # each went to the served v3 judge
+    assert all(v["passed"] is not None or v["code"] in ("unparsable_judge_output", "judge_error") for v in judged)
+
+
+def test_unreachable_endpoint_writes_nothing(tmp_path: Path) -> None:
+    recipe = _openai_recipe(tmp_path, closed_port_url(), "some-model")
+    home = tmp_path / "home"
+    proc = _cli(home, "generate", "--recipe", str(recipe), "--quiet")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len([line for line in proc.stderr.splitlines() if line.strip()]) == 1
+    assert not (home / "runs" / "served").exists()
