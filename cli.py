@@ -183,7 +183,7 @@ def distill(
     if not isinstance(recipe, StudentRecipe):
         raise RecipeError(f"--student {student}: expected a student config (kind: student)")
     report = run_distill(recipe, data=data, output_dir=output, resume=resume, max_steps=max_steps, progress=not quiet)
-    out.print(_kv_table(f"distill → {report.output_dir}", _public_fields(report)))
+    out.print(_kv_table(f"distill → {report.output_dir}", {k: v for k, v in _public_fields(report).items() if k != "recipe"}))
 
 
 @app.command("eval")

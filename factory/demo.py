@@ -50,9 +50,11 @@ def run_demo(console: Console, *, prompts: int = 64, distill_steps: int = 30, pr
         mixed = run_mix("sft_mix", ["scale=0.02"])
         console.print(f"mix: {mixed.samples} training samples in {mixed.path}")
     with stage("distill"):
-        student = load_recipe("qwen", subdir="students")
+        # A tiny random-init student needs a far larger step than a real 1.5B one to move in 30 steps.
+        student = load_recipe("qwen", ["learning_rate=2e-3", "warmup_ratio=0.1"], subdir="students")
         distilled = run_distill(student, data="sft_mix", max_steps=distill_steps, progress=progress)
-        console.print(f"distill: {distill_steps} steps → {distilled.output_dir}")
+        first = distilled.loss_curve[0]["loss"] if distilled.loss_curve else float("nan")
+        console.print(f"distill: {distill_steps} steps, loss {first:.2f} → {distilled.final_loss or float('nan'):.2f}, model in {distilled.output_dir}")
     with stage("sql"):
         result = run_sql(DEMO_SQL)
         table = Table(title='factory sql "SELECT step, count(*) … FROM verdicts JOIN samples …"')

@@ -107,7 +107,7 @@ def ensure_model(name: str, *, seed: int = 0) -> Path:
     with open(models_dir() / ".build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not _is_current(target):
-            log.info("building tiny models into %s (first use; about a minute)", models_dir())
+            log.info("building tiny models into %s (first use; about two minutes on 2 CPU cores)", models_dir())
             build_tiny_models(models_dir(), seed=seed)
     return target
 
