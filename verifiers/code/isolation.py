@@ -98,22 +98,24 @@ def isolate_worker(hidden_paths: list[str]) -> dict[str, object]:
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     hidden = [p for p in (os.path.realpath(h) for h in hidden_paths) if os.path.isdir(p) and p != "/"]
     needed = _needed_paths()
-    # Bind sources must be reachable after their parents are covered.
-    keep = {p: os.open(p, os.O_PATH) for p in needed if any(_within(p, h) for h in hidden)}
+    scratch = [p for p in SCRATCH_DIRS if os.path.isdir(p)]
+    # Bind sources must be reachable after their parents are covered: a venv under a
+    # home dir, or under /tmp (a fresh clone, CI), stays importable read-only.
+    covered = hidden + [os.path.realpath(p) for p in scratch]
+    keep = {p: os.open(p, os.O_PATH) for p in needed if any(_within(p, h) for h in covered)}
     for path in sorted(set(hidden)):
         if any(_within(path, h) and path != h for h in hidden):
             continue  # already under another hidden path
         mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
+    for path in scratch:
+        mode = "0711" if path == "/tmp" else "0755"
+        mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, f"mode={mode},size={SCRATCH_SIZE}")
     for path, fd in keep.items():
-        os.makedirs(path, exist_ok=True)
+        os.makedirs(path, mode=0o755, exist_ok=True)
         mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
         mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
         os.close(fd)
     mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY)
-    for path in SCRATCH_DIRS:
-        if os.path.isdir(path):
-            mode = "0711" if path == "/tmp" else "0755"
-            mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, f"mode={mode},size={SCRATCH_SIZE}")
     return {"hidden": hidden, "rebound": sorted(keep)}
 
 
