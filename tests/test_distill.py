@@ -43,13 +43,11 @@ TINY = ["max_seq_len=200", "batch_size=2", "learning_rate=3e-3", "warmup_ratio=0
 
 
 @pytest.fixture(scope="module", autouse=True)
-def factory_home(tmp_path_factory):
-    """A private store (dataset caches land there), reusing the repo's built tiny models when present."""
+def factory_home(tmp_path_factory, tiny_models_dir):
+    """A private store (dataset caches land there) over the session's tiny models (built once)."""
     previous = os.environ.get("FACTORY_HOME")
     home = tmp_path_factory.mktemp("home")
-    shared = REPO / ".factory" / "models"
-    if (shared / "tiny-qwen" / "config.json").exists():
-        (home / "models").symlink_to(shared)
+    (home / "models").symlink_to(tiny_models_dir)
     os.environ["FACTORY_HOME"] = str(home)
     yield home
     if previous is None:

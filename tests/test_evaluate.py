@@ -30,13 +30,11 @@ pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture(autouse=True)
-def factory_home(tmp_path, monkeypatch):
-    """A fresh store per test, reusing the repo's built tiny models (built on first use otherwise)."""
+def factory_home(tmp_path, monkeypatch, tiny_models_dir):
+    """A fresh store per test over the session's tiny models (built once)."""
     home = tmp_path / "home"
-    shared = REPO / ".factory" / "models"
     home.mkdir()
-    if (shared / "tiny-r1" / "config.json").exists():
-        (home / "models").symlink_to(shared)
+    (home / "models").symlink_to(tiny_models_dir)
     monkeypatch.setenv("FACTORY_HOME", str(home))
     return home
 

@@ -79,14 +79,8 @@ def fault(fault_server: FaultServer) -> FaultServer:
 
 # ---------------------------------------------------------------- the real server
 @pytest.fixture(scope="session")
-def tiny_model_dir() -> str:
-    # One shared FACTORY_HOME so the tiny models are built once for every test session.
-    home = os.environ.get("FACTORY_HOME") or str(REPO_DIR / ".factory")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FACTORY_HOME", home)
-        from factory.models import resolve_model
-
-        return resolve_model("tiny-r1")
+def tiny_model_dir(tiny_models_dir: Path) -> str:
+    return str(tiny_models_dir / "tiny-r1")  # built once per checkout by conftest
 
 
 @pytest.fixture(scope="session")
