@@ -31,10 +31,10 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
-from .verdict import Verdict, check_range, fail, ok
+from .verdict import Verdict, check_known_options, check_range, fail, ok
 
 __all__ = ["FormatConfig", "FormatResult", "check_think_format", "parse_think_format",
            "split_reasoning", "validate_format_params", "check_boxed_answer", "FORMAT_REASON_CODES"]
@@ -106,18 +106,12 @@ class FormatConfig:
         return self
 
 
-_FIELDS = frozenset(f.name for f in fields(FormatConfig))
-
-
 def validate_format_params(**params: Any) -> FormatConfig:
     """The validated config for these keyword options of ``check_think_format``.
 
     Raises ``ValueError("<param>: expected …, got …")`` for an unknown option or a bad value.
     """
-    unknown = sorted(set(params) - _FIELDS)
-    if unknown:
-        raise ValueError(f"{unknown[0]}: expected one of the format options "
-                         f"({', '.join(sorted(_FIELDS))}), got an unknown option")
+    check_known_options(params, FormatConfig, "format")
     reasons = params.get("truncated_finish_reasons")
     if isinstance(reasons, list):  # YAML gives lists; the config keeps a hashable tuple
         params["truncated_finish_reasons"] = tuple(reasons)

@@ -32,12 +32,12 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .verdict import Verdict, check_range, fail, ok
+from .verdict import Verdict, check_known_options, check_range, fail, ok
 
 __all__ = ["LanguageConfig", "check_language_consistency", "validate_language_params", "script_units",
            "dominant_script", "target_scripts", "SCRIPTS", "LANGUAGE_REASON_CODES"]
@@ -154,18 +154,12 @@ class LanguageConfig:
         return self
 
 
-_FIELDS = frozenset(f.name for f in fields(LanguageConfig))
-
-
 def validate_language_params(**params: Any) -> LanguageConfig:
     """The validated config for these keyword options of ``check_language_consistency``.
 
     Raises ``ValueError("<param>: expected …, got …")`` for an unknown option or a bad value.
     """
-    unknown = sorted(set(params) - _FIELDS)
-    if unknown:
-        raise ValueError(f"{unknown[0]}: expected one of the language options "
-                         f"({', '.join(sorted(_FIELDS))}), got an unknown option")
+    check_known_options(params, LanguageConfig, "language")
     return LanguageConfig(**params).validate()
 
 

@@ -41,12 +41,12 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .verdict import Verdict, check_range, fail, ok
+from .verdict import Verdict, check_known_options, check_range, fail, ok
 
 __all__ = ["ReadabilityConfig", "check_readability", "validate_readability_params", "repetition_stats",
            "repeated_ngram_ratio",
@@ -115,18 +115,12 @@ class ReadabilityConfig:
         return self.allow_code_blocks
 
 
-_FIELDS = frozenset(f.name for f in fields(ReadabilityConfig))
-
-
 def validate_readability_params(**params: Any) -> ReadabilityConfig:
     """The validated config for these keyword options of ``check_readability``.
 
     Raises ``ValueError("<param>: expected …, got …")`` for an unknown option or a bad value.
     """
-    unknown = sorted(set(params) - _FIELDS)
-    if unknown:
-        raise ValueError(f"{unknown[0]}: expected one of the readability options "
-                         f"({', '.join(sorted(_FIELDS))}), got an unknown option")
+    check_known_options(params, ReadabilityConfig, "readability")
     if isinstance(params.get("code_task_types"), list):  # YAML gives lists; keep it hashable
         params["code_task_types"] = tuple(params["code_task_types"])
     return ReadabilityConfig(**params).validate()

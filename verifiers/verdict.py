@@ -9,8 +9,9 @@ Bad *configuration* is different: it raises ``ValueError`` from ``validate()``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +63,16 @@ def ok(score: float | None = None, details: dict[str, Any] | None = None) -> Ver
 
 # Shared immutable acceptance: cheap to create and pickles once per batch.
 PASS = Verdict(True)
+
+
+def check_known_options(params: Mapping[str, Any], config_cls: type, what: str) -> None:
+    """Raise ``ValueError("<option>: expected one of the <what> options (…)")`` for the
+    first option that is not a field of the dataclass ``config_cls``."""
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ValueError(f"{unknown[0]}: expected one of the {what} options "
+                         f"({', '.join(sorted(known))}), got an unknown option")
 
 
 def check_range(name: str, value: float | int | None, lo: float, hi: float | None = None, *,
