@@ -301,12 +301,16 @@ class DecontamStep(FilterStep):
 
     @classmethod
     def validate(cls, params: dict[str, Any]) -> None:
-        unknown = set(params) - {"n", "fields", "benchmarks"}
+        unknown = set(params) - {"n", "min_n", "per_field_n", "fields", "benchmarks"}
         if unknown:
-            raise ValueError(f"{sorted(unknown)[0]}: unknown setting for step 'decontam' (have n, fields, benchmarks)")
-        n = params.get("n", 13)
-        if not isinstance(n, int) or not 4 <= n <= 64:
-            raise ValueError(f"n: expected an integer n-gram size in [4, 64], got {n!r}")
+            raise ValueError(f"{sorted(unknown)[0]}: unknown setting for step 'decontam' "
+                             f"(have n, min_n, per_field_n, fields, benchmarks)")
+        for key, default in (("n", 13), ("min_n", 8)):
+            value = params.get(key, default)
+            if isinstance(value, bool) or not isinstance(value, int) or not 4 <= value <= 64:
+                raise ValueError(f"{key}: expected an integer n-gram size in [4, 64], got {value!r}")
+        if not isinstance(params.get("per_field_n", True), bool):
+            raise ValueError(f"per_field_n: expected true or false, got {params['per_field_n']!r}")
         fields = params.get("fields", ["prompt", "text"])
         if not isinstance(fields, list) or not set(fields) <= {"prompt", "text", "answer"}:
             raise ValueError(f"fields: expected a list from prompt, text, answer; got {fields!r}")
@@ -341,7 +345,9 @@ class DecontamStep(FilterStep):
             from verifiers.decontam import BenchmarkIndex
 
             files = sorted(BENCHMARKS_DIR.glob("*.jsonl")) + [Path(p) for p in self.params.get("benchmarks", [])]
-            self._cached_index = BenchmarkIndex.from_files(files, n=self.params.get("n", 13))
+            self._cached_index = BenchmarkIndex.from_files(
+                files, n=self.params.get("n", 13), min_n=self.params.get("min_n", 8),
+                per_field_n=self.params.get("per_field_n", True))
         return self._cached_index
 
 

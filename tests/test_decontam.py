@@ -41,7 +41,33 @@ def test_verbatim_problem_in_a_prompt_is_found(index: BenchmarkIndex, name: str,
     hit = index.check("Solve this and explain:\n" + row[field] + "\nPut the answer in a box.")
     assert hit is not None and hit.kind == "ngram"
     assert (hit.benchmark, hit.item_id) == (name, row[id_field])
-    assert hit.n == 13 and len(hit.ngram.split()) == 13 and hit.ngram in _words(row[field])
+    n = index.field_n[(name, field)]
+    assert hit.n == n and len(hit.ngram.split()) == n and hit.ngram in _words(row[field])
+
+
+def test_each_field_uses_its_fifth_percentile_length_capped_at_n(index: BenchmarkIndex) -> None:
+    # MATH-500 problems are often a formula and a few words (5th percentile: 9 words).
+    assert index.field_n[("math500", "problem")] == 9
+    assert index.field_n[("gsm8k_test", "problem")] == 13
+    assert index.field_n[("humaneval", "canonical_solution")] == 8      # floored at min_n
+    assert set(BenchmarkIndex.from_dir(BENCHMARKS_DIR, per_field_n=False).field_n.values()) == {13}
+    assert set(BenchmarkIndex.from_dir(BENCHMARKS_DIR, n=8).field_n.values()) == {8}
+
+
+def test_one_edited_word_in_a_short_math_problem_is_still_found(index: BenchmarkIndex) -> None:
+    fixed_13 = BenchmarkIndex.from_dir(BENCHMARKS_DIR, per_field_n=False)
+    edited, ids = [], []
+    for row in _rows("math500"):
+        words = row["problem"].split()
+        if 12 <= len(_words(row["problem"]).split()) <= 24:
+            words[len(words) // 2] = "zebras"
+            edited.append(" ".join(words))
+            ids.append(row["id"])
+    missed_13 = [i for i, hit in enumerate(fixed_13.check_batch(edited, workers=1)) if hit is None]
+    found_9 = index.check_batch([edited[i] for i in missed_13], workers=1)
+    rescued = [(ids[i], hit) for i, hit in zip(missed_13, found_9) if hit is not None]
+    assert len(missed_13) >= 20 and len(rescued) >= len(missed_13) // 2
+    assert all(hit.item_id == item and hit.n == 9 for item, hit in rescued)
 
 
 def test_problem_itself_matches_exactly_despite_case_and_spacing(index: BenchmarkIndex) -> None:
@@ -69,10 +95,11 @@ def test_solution_in_a_response_is_found(index: BenchmarkIndex) -> None:
 
 def test_short_problems_match_whole_and_tiny_ones_only_exactly(index: BenchmarkIndex) -> None:
     rows = _rows("math500")
-    short = next(r for r in rows if 6 <= len(normalize_text(r["problem"]).split()) < 13
+    n = index.field_n[("math500", "problem")]
+    short = next(r for r in rows if 6 <= len(_words(r["problem"]).split()) < n
                  and all(w.isalnum() for w in normalize_text(r["problem"]).split()[:1]))
     hit = index.check("Please help: " + short["problem"] + " Thanks!")
-    assert hit is not None and hit.item_id == short["id"] and hit.n < 13
+    assert hit is not None and hit.item_id == short["id"] and hit.n < n
     tiny_index = BenchmarkIndex.from_dir(BENCHMARKS_DIR, min_words=50)
     assert tiny_index.check("Please help: " + short["problem"] + " Thanks!") is None
     assert tiny_index.check(short["problem"]).kind == "exact"

@@ -10,6 +10,12 @@ solution, …) and the exact keys of its problem fields. A text is contaminated 
   n-gram of their own length, so a short MATH problem pasted into a prompt is still
   found; shorter ones are caught by the exact match only.
 
+As in GPT-3's decontamination, n is the cap, not the only length: each benchmark field
+(e.g. MATH-500 ``problem``) uses n-grams of its 5th-percentile length in words, clamped
+to ``[min_n, n]`` (``per_field_n=True``, the default). With n = 13 and min_n = 8 that
+gives MATH-500 problems 9-grams (many are a formula and a dozen words, so one edited
+word leaves no intact 13-gram) and keeps 13 for GSM8K, AIME, AMC and HumanEval prompts.
+
 Words are those of :func:`verifiers.dedup.tokenize_batch` (NFKC, casefold, punctuation
 dropped), so case, spacing and punctuation edits do not hide a leak. Matching is done
 on 64-bit n-gram hashes for whole batches with numpy (a bitmap pre-filter, then a
@@ -42,8 +48,10 @@ ContaminationKind = Literal["exact", "ngram"]
 DEFAULT_TEXT_FIELDS = ("problem", "question", "prompt", "solution", "canonical_solution")
 DEFAULT_EXACT_FIELDS = ("problem", "question", "prompt")
 ID_FIELDS = ("id", "task_id", "unique_id")
-_BITMAP_BITS = 24        # 16 MiB of bools: ~2% false hits at 300K n-grams, all re-checked exactly
-_SHORT_BITMAP_BITS = 16  # short whole fields are few: a 64 KiB table stays in cache
+_MAX_BITMAP_BITS = 24    # 16 MiB of bools: ~2% false hits at 300K n-grams, all re-checked exactly
+_MIN_BITMAP_BITS = 16    # lengths with few entries (short whole fields): a 64 KiB table stays in cache
+_BITMAP_SLACK_BITS = 6   # ~1.5% of a length's table set: false hits stay rare
+_FIELD_PERCENTILE = 5    # GPT-3: n per task = the 5th-percentile example length, capped at 13
 _CHECK_BATCH = 2_000
 
 
@@ -55,7 +63,7 @@ class Contamination:
     item_id:   the benchmark item's id.
     kind:      "exact" (normalised text equals a benchmark problem) or "ngram".
     ngram:     the matched words (the whole problem for "exact").
-    n:         n-gram length of the index (shorter when a short benchmark field matched whole).
+    n:         length of the matched n-gram (the field's n, or a short field's own length).
     matches:   how many of the text's n-grams are in the index (0 for "exact").
     """
 
@@ -97,32 +105,44 @@ class BenchmarkIndex:
 
     def __init__(self, n: int, entries: list[_Entry], words: list[list[str]], ngram_hashes_: np.ndarray,
                  ngram_entry: np.ndarray, ngram_pos: np.ndarray, ngram_len: np.ndarray,
-                 exact: dict[tuple[int, int], int]) -> None:
+                 exact: dict[tuple[int, int], int], field_n: dict[tuple[str, str], int] | None = None) -> None:
         order = np.argsort(ngram_hashes_, kind="stable")
         self.n = n
+        self.field_n = dict(field_n or {})
         self._entries = entries
         self._words = words
         self._hashes = ngram_hashes_[order]
         self._entry = ngram_entry[order]
         self._pos = ngram_pos[order]
         self._len = ngram_len[order]
-        self._lengths = sorted({int(x) for x in np.unique(ngram_len)})   # n, plus short whole fields
+        self._lengths = sorted({int(x) for x in np.unique(ngram_len)})   # field n's, plus short whole fields
         self._exact = exact
-        # Pre-filters: one for full n-grams, a small one per shorter length (short whole fields).
-        full = self._len == n
-        self._bitmap = np.zeros(1 << _BITMAP_BITS, bool)
-        self._bitmap[self._hashes[full] >> np.uint64(64 - _BITMAP_BITS)] = True
-        self._short_bitmap = np.zeros(1 << _SHORT_BITMAP_BITS, bool)
-        self._short_bitmap[self._hashes[~full] >> np.uint64(64 - _SHORT_BITMAP_BITS)] = True
+        # Pre-filter per length, sized to its entries (short lengths have few: they stay in cache).
+        self._bitmaps: dict[int, tuple[np.ndarray, np.uint64]] = {}
+        for length in self._lengths:
+            hashes = self._hashes[self._len == length]
+            bits = int(np.clip(int(len(hashes)).bit_length() + _BITMAP_SLACK_BITS, _MIN_BITMAP_BITS,
+                               _MAX_BITMAP_BITS))
+            bitmap = np.zeros(1 << bits, bool)
+            shift = np.uint64(64 - bits)
+            bitmap[hashes >> shift] = True
+            self._bitmaps[length] = (bitmap, shift)
 
     # -------------------------------------------------------------- building
     @classmethod
     def from_files(cls, paths: Sequence[Path | str], *, n: int = 13,
                    text_fields: Sequence[str] = DEFAULT_TEXT_FIELDS,
-                   exact_fields: Sequence[str] = DEFAULT_EXACT_FIELDS, min_words: int = 5) -> BenchmarkIndex:
-        """Index JSONL/Parquet benchmark files; the benchmark name is each file's stem."""
+                   exact_fields: Sequence[str] = DEFAULT_EXACT_FIELDS, min_words: int = 5,
+                   per_field_n: bool = True, min_n: int = 8) -> BenchmarkIndex:
+        """Index JSONL/Parquet benchmark files; the benchmark name is each file's stem.
+
+        ``n`` is the n-gram length, or with ``per_field_n`` its cap: each (benchmark, field)
+        then uses its 5th-percentile length in words, clamped to ``[min(min_n, n), n]``.
+        """
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n: expected an integer >= 1, got {n!r}")
+        if isinstance(min_n, bool) or not isinstance(min_n, int) or min_n < 1:
+            raise ValueError(f"min_n: expected an integer >= 1, got {min_n!r}")
         if isinstance(min_words, bool) or not isinstance(min_words, int) or min_words < 1:
             raise ValueError(f"min_words: expected an integer >= 1, got {min_words!r}")
         if not paths:
@@ -145,7 +165,7 @@ class BenchmarkIndex:
                             exact_texts.append((len(entries) - 1, value))
         if not entries:
             raise ValueError(f"text_fields: expected benchmark rows with one of {list(text_fields)}, found none")
-        return cls._build(n, entries, texts, exact_texts, min_words)
+        return cls._build(n, entries, texts, exact_texts, min_words, min(min_n, n) if per_field_n else n)
 
     @classmethod
     def from_dir(cls, directory: Path | str, *, n: int = 13, **kwargs: Any) -> BenchmarkIndex:
@@ -158,23 +178,34 @@ class BenchmarkIndex:
 
     @classmethod
     def _build(cls, n: int, entries: list[_Entry], texts: list[str], exact_texts: list[tuple[int, str]],
-               min_words: int) -> BenchmarkIndex:
+               min_words: int, min_n: int) -> BenchmarkIndex:
         word_lists = _word_lists(texts)
-        batch = tokenize_batch(texts)
-        units, offsets = batch.words()
-        # Raw polynomial values: the check's rolling pass then needs no mixing step per length.
-        hashes, entry = ngram_hashes(units, offsets, n, whole_if_shorter=True, min_len=min_words, mix=False)
-        lengths = np.diff(offsets)
+        lengths = np.array([len(w) for w in word_lists], np.int64)
+        field_n = _field_ngram_lengths(entries, lengths, n, min_n)
+        entry_n = np.array([field_n[(e.benchmark, e.field)] for e in entries], np.int64)
+        parts_h, parts_e = [], []
+        for length in sorted(set(entry_n.tolist())):
+            members = np.flatnonzero(entry_n == length)
+            units, offsets = tokenize_batch([texts[i] for i in members]).words()
+            # Raw polynomial values: the check's rolling pass then needs no mixing step per length.
+            hashes, local = ngram_hashes(units, offsets, length, whole_if_shorter=True, min_len=min_words,
+                                         mix=False)
+            parts_h.append(hashes)
+            parts_e.append(members[local])
+        hashes = np.concatenate(parts_h) if parts_h else np.zeros(0, np.uint64)
+        entry = np.concatenate(parts_e) if parts_e else np.zeros(0, np.int64)
+        by_entry = np.argsort(entry, kind="stable")      # _positions_in_doc needs entries in order
+        hashes, entry = hashes[by_entry], entry[by_entry]
         pos = _positions_in_doc(entry)
-        ngram_len = np.minimum(lengths[entry], n)
+        ngram_len = np.minimum(lengths[entry], entry_n[entry])
         exact: dict[tuple[int, int], int] = {}
         if exact_texts:
             keys = _exact_keys(tokenize_batch([t for _, t in exact_texts]))
             for (entry_index, _), key in zip(exact_texts, keys):
                 exact.setdefault((int(key[0]), int(key[1])), entry_index)
-        log.info("benchmark index: %d fields, %d n-grams (n=%d), %d exact keys", len(entries), len(hashes), n,
-                 len(exact))
-        return cls(n, entries, word_lists, hashes, entry, pos, ngram_len, exact)
+        log.info("benchmark index: %d fields, %d n-grams (n=%s), %d exact keys", len(entries), len(hashes),
+                 sorted(set(field_n.values())), len(exact))
+        return cls(n, entries, word_lists, hashes, entry, pos, ngram_len, exact, field_n)
 
     # -------------------------------------------------------------- queries
     @property
@@ -227,29 +258,26 @@ class BenchmarkIndex:
         hit_docs: list[np.ndarray] = []
         hit_idx: list[np.ndarray] = []
         h = units.astype(np.uint64, copy=True)
-        shift = np.uint64(64 - _BITMAP_BITS)
-        short_shift = np.uint64(64 - _SHORT_BITMAP_BITS)
-        # One rolling pass up to n; the prefixes of lengths < n are the short benchmark fields' keys.
-        # Positions whose window runs past the document end hold garbage; they are dropped only
-        # for the rare bitmap candidates, which keeps every full-array step to one gather.
+        longest = max(self._lengths, default=0)
+        # One rolling pass up to the longest indexed length; each indexed length is checked on
+        # the way. Positions whose window runs past the document end hold garbage; they are
+        # dropped only for the rare bitmap candidates, which keeps every full-array step to one gather.
         with np.errstate(over="ignore"):
-            for length in range(1, min(self.n, total) + 1):
+            for length in range(1, min(longest, total) + 1):
                 if length > 1:
                     h[: total - length + 1] *= _NGRAM_MULT
                     h[: total - length + 1] += units[length - 1:]
-                if length not in self._lengths:
+                if length not in self._bitmaps:
                     continue
-                if length == self.n:
-                    starts = np.flatnonzero(self._bitmap[h[: total - length + 1] >> shift])
-                else:
-                    starts = np.flatnonzero(self._short_bitmap[h[: total - length + 1] >> short_shift])
+                bitmap, shift = self._bitmaps[length]
+                starts = np.flatnonzero(bitmap[h[: total - length + 1] >> shift])
                 starts = starts[remaining[starts] >= length]
                 values = h[starts]
                 at = np.searchsorted(self._hashes, values)
                 at_ok = at < len(self._hashes)
                 match = np.zeros(len(values), bool)
                 match[at_ok] = self._hashes[at[at_ok]] == values[at_ok]
-                # A short field's key must match a short field (its length), not an n-gram by chance.
+                # A hash must match an entry of this length, not one of another length by chance.
                 match[match] &= self._len[at[match]] == length
                 hit_docs.append(doc_of[starts[match]])
                 hit_idx.append(at[match])
@@ -259,10 +287,30 @@ class BenchmarkIndex:
         idx = np.concatenate(hit_idx)
         if not len(docs):
             return []
-        order = np.argsort(docs, kind="stable")
-        docs, idx = docs[order], idx[order]
-        uniq, first, counts = np.unique(docs, return_index=True, return_counts=True)
-        return list(zip(uniq.tolist(), idx[first].tolist(), counts.tolist()))
+        # Report the benchmark field with the most matching n-grams (ties: the longer n-gram,
+        # then index order): a text can share a few generic 9-grams with one benchmark and
+        # whole passages with another.
+        entry = self._entry[idx]
+        pairs, pair_first, pair_counts = np.unique(np.stack([docs, entry]), axis=1, return_index=True,
+                                                   return_counts=True)
+        pair_idx = idx[pair_first]
+        order = np.lexsort((pair_idx, -self._len[pair_idx], -pair_counts, pairs[0]))
+        pair_docs, pair_idx = pairs[0][order], pair_idx[order]
+        uniq, first = np.unique(pair_docs, return_index=True)
+        totals = np.bincount(np.searchsorted(uniq, docs), minlength=len(uniq))
+        return list(zip(uniq.tolist(), pair_idx[first].tolist(), totals.tolist()))
+
+
+def _field_ngram_lengths(entries: list[_Entry], lengths: np.ndarray, n: int, min_n: int
+                         ) -> dict[tuple[str, str], int]:
+    """n per (benchmark, field): its 5th-percentile length in words, clamped to [min_n, n]."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, entry in enumerate(entries):
+        groups.setdefault((entry.benchmark, entry.field), []).append(i)
+    if min_n >= n:
+        return {key: n for key in groups}
+    return {key: int(np.clip(int(np.percentile(lengths[idx], _FIELD_PERCENTILE)), min_n, n))
+            for key, idx in groups.items()}
 
 
 def _word_lists(texts: list[str]) -> list[list[str]]:
