@@ -176,3 +176,18 @@ def test_replay_imports_traces_exactly_once(factory_home: Path, tmp_path: Path) 
     verdicts = json.loads(run_cli("sql", "SELECT s.answer, v.passed FROM verdicts v JOIN samples s USING (sample_id) WHERE step='correctness'",
                                   "--format", "json", home=factory_home).stdout)
     assert {v["answer"]: v["passed"] for v in verdicts} == {"The answer is \\boxed{4}.": True, "\\boxed{5}": False, "\\boxed{9}": True}
+
+
+@pytest.mark.parametrize("device, expected", [
+    ("cuda:7" if __import__("torch").cuda.is_available() else "cuda", "teacher.transformers.device"),
+    ("tpu-please", "expected auto, cpu, cuda, cuda:N or mps"),
+])
+def test_unusable_device_is_one_line_and_writes_nothing(factory_home: Path, tmp_path: Path, device: str,
+                                                        expected: str) -> None:
+    recipe = make_recipe(tmp_path, prompts=2, n=1)
+    proc = run_cli("generate", "--recipe", str(recipe), "-q", f"teacher.transformers.device={device}",
+                   home=factory_home, check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0] and "Traceback" not in proc.stderr
+    assert not (factory_home / "runs" / "tiny_gen").exists()

@@ -15,6 +15,30 @@ from factory.teachers.base import Completion, GenerationRequest, Teacher, split_
 log = logging.getLogger(__name__)
 
 
+def resolve_device(requested: str) -> str:
+    """The torch device for ``teacher.transformers.device`` (auto, cpu, cuda, cuda:N, mps),
+    or a one-line TeacherError when this machine cannot provide it."""
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, ValueError):
+        raise TeacherError(f"teacher.transformers.device: expected auto, cpu, cuda, cuda:N or mps, "
+                           f"got {requested!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TeacherError(f"teacher.transformers.device: {requested!r} asked for, but this torch "
+                               f"({torch.__version__}) sees no CUDA GPU; use auto or cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise TeacherError(f"teacher.transformers.device: {requested!r} asked for, but only "
+                               f"{torch.cuda.device_count()} CUDA device(s) are visible")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise TeacherError(f"teacher.transformers.device: {requested!r} asked for, but MPS is not available")
+    return requested
+
+
 class TransformersTeacher(Teacher):
     """Runs `model.generate` over batches of requests that share sampling settings.
 
@@ -43,10 +67,8 @@ class TransformersTeacher(Teacher):
 
         from factory.models import resolve_model
 
+        device = resolve_device(self.options.device)
         self.model_path = resolve_model(self.model)
-        device = self.options.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.options.dtype]
         try:
             tokenizer = AutoTokenizer.from_pretrained(self.model_path)
