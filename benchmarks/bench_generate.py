@@ -340,6 +340,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64, 256])
     parser.add_argument("--with-store", action="store_true", help="also time factory.generate.run_generate")
     parser.add_argument("--server", choices=["fast", "fault"], default="fast", help="the latency server (see above)")
+    parser.add_argument("--rounds", type=int, help="requests per worker (default 20, 5 with --quick); more rounds "
+                        "amortise the one-off connection set-up, as a long run does")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--serve-port", type=int, help=argparse.SUPPRESS)  # internal: be the fast server
     args = parser.parse_args()
@@ -347,6 +349,7 @@ def main() -> None:
         serve_fast(args.serve_port, args.latency)
         return
     rounds, repeats, sat_total = (5, 1, 1000) if args.quick else (20, 2, 4000)
+    rounds = args.rounds or rounds
 
     print(f"{args.server} server, latency {args.latency * 1000:.0f} ms; {rounds} rounds per concurrency; best of {repeats}", flush=True)
     with start_server(args.server, args.latency) as server:
