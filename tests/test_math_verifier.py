@@ -451,6 +451,23 @@ def test_ten_megabyte_inputs_are_linear() -> None:
     assert verify("7", "1" * 10_000_000).correct is None
 
 
+@pytest.mark.parametrize("response", [
+    "The answer is 5 minutes minutes minutes minutes minutes minutes minutes minutes =",
+    "\\boxed{5 hours per day each week for the whole year round, then !}",
+    "5\n" + " ".join(["apples oranges pears"] * 60) + " 2 =",
+])
+def test_unit_words_after_a_number_do_not_backtrack(response: str) -> None:
+    """Words after a quantity are tried as units; a regex that could split a word
+    anywhere took 84 s on four of them. Bounded by a child process, not timed."""
+    import subprocess
+    import sys
+
+    code = f"from verifiers.math import verify; print(verify('5', {response!r}).correct)"
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.strip() in ("True", "False", "None")
+
+
 def test_gold_answers_of_math500_and_gsm8k_match_themselves() -> None:
     """Every reference answer, boxed as a response, verifies against itself and
     against the answer of another problem it differs from only when values differ."""
