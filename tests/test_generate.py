@@ -191,3 +191,31 @@ def test_unusable_device_is_one_line_and_writes_nothing(factory_home: Path, tmp_
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0] and "Traceback" not in proc.stderr
     assert not (factory_home / "runs" / "tiny_gen").exists()
+
+
+def test_transformers_teacher_stays_inside_the_model_context(tiny_models_dir: Path, tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """Prompts that fill the context come back as errors; the rest are capped to fit."""
+    import shutil
+
+    from factory.recipe import TeacherConfig
+    from factory.teachers.base import GenerationRequest
+    from factory.teachers.transformers_backend import TransformersTeacher
+
+    model_dir = tmp_path / "short-context"
+    shutil.copytree(tiny_models_dir / "tiny-r1", model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    config["max_position_embeddings"] = 96
+    (model_dir / "config.json").write_text(json.dumps(config))
+    teacher = TransformersTeacher(TeacherConfig(role="r1_zero", backend="transformers", model=str(model_dir)))
+
+    def request(key: str, prompt: str) -> GenerationRequest:
+        return GenerationRequest(key=key, group=key, messages=[{"role": "user", "content": prompt}],
+                                 temperature=0.0, top_p=1.0, max_new_tokens=500, seed=0)
+
+    with caplog.at_level("WARNING"):
+        short, long = teacher.generate([request("short", "What is 2 + 3?"), request("long", "What is 2 + 3? " * 60)])
+    assert long.error is not None and "the model's context is 96" in long.error and long.finish_reason == "error"
+    assert short.error is None and short.prompt_tokens + short.completion_tokens <= 96
+    assert any("capped" in r.message for r in caplog.records)
+    assert teacher.stats.errors == 1 and teacher.stats.completed == 2

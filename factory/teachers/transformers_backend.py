@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterable
 from itertools import groupby
+from typing import Any
 
 from factory.errors import TeacherError
 from factory.recipe import TeacherConfig
@@ -53,6 +54,7 @@ class TransformersTeacher(Teacher):
         self.options = config.transformers
         self._model = None
         self._tokenizer = None
+        self._warned_context = False
         self.model_path: str | None = None
 
     # ---------------------------------------------------------------- loading
@@ -96,6 +98,7 @@ class TransformersTeacher(Teacher):
             completions = await asyncio.to_thread(self._generate_batch, batch)
             for completion in completions:
                 self.stats.completed += 1
+                self.stats.errors += completion.error is not None
                 self.stats.prompt_tokens += completion.prompt_tokens
                 self.stats.completion_tokens += completion.completion_tokens
                 yield completion
@@ -117,21 +120,55 @@ class TransformersTeacher(Teacher):
             if chunk:
                 yield chunk
 
-    def _generate_batch(self, batch: list[GenerationRequest]) -> list[Completion]:
-        import torch
+    def _context_limit(self) -> int | None:
+        """Positions the model was built for; generating past them only yields noise."""
+        limit = getattr(self._model.config, "max_position_embeddings", None)
+        return int(limit) if isinstance(limit, int) and limit > 0 else None
 
-        tokenizer, model = self._tokenizer, self._model
+    def _generate_batch(self, batch: list[GenerationRequest]) -> list[Completion]:
+        tokenizer = self._tokenizer
         started = time.perf_counter()
         encoded = tokenizer.apply_chat_template(
             [r.messages for r in batch], add_generation_prompt=True, return_tensors="pt", padding=True, return_dict=True
-        ).to(self._device)
+        )
+        limit = self._context_limit()
+        lengths = encoded["attention_mask"].sum(dim=1).tolist()
+        if limit is not None and max(lengths) >= limit:
+            return self._drop_overlong(batch, [int(n) for n in lengths], limit)
+        return self._generate_encoded(batch, encoded.to(self._device), limit, started)
+
+    def _drop_overlong(self, batch: list[GenerationRequest], lengths: list[int], limit: int) -> list[Completion]:
+        """Error completions for prompts that fill the context; the others are generated as usual."""
+        fits = [r for r, n in zip(batch, lengths) if n < limit]
+        generated = iter(self._generate_batch(fits) if fits else [])
+        return [
+            next(generated) if n < limit else Completion(
+                key=r.key, text="", reasoning=None, answer="", finish_reason="error", prompt_tokens=n,
+                endpoint="local", error=f"prompt has {n} tokens; the model's context is {limit}")
+            for r, n in zip(batch, lengths)
+        ]
+
+    def _generate_encoded(self, batch: list[GenerationRequest], encoded: Any, limit: int | None,
+                          started: float) -> list[Completion]:
+        import torch
+
+        tokenizer, model = self._tokenizer, self._model
         first = batch[0]
+        prompt_width = encoded["input_ids"].shape[1]
+        max_new_tokens = first.max_new_tokens
+        if limit is not None and prompt_width + max_new_tokens > limit:
+            max_new_tokens = limit - prompt_width
+            if not self._warned_context:
+                self._warned_context = True
+                log.warning("max_new_tokens %d capped to %d: the model's context is %d positions and the prompts "
+                            "take %d; those samples end with finish_reason=length",
+                            first.max_new_tokens, max_new_tokens, limit, prompt_width)
         torch.manual_seed(first.seed)  # the batch's first request seeds it: same batches, same samples
         sampling = first.temperature > 0
         with torch.inference_mode():
             output = model.generate(
                 **encoded,
-                max_new_tokens=first.max_new_tokens,
+                max_new_tokens=max_new_tokens,
                 do_sample=sampling,
                 temperature=first.temperature if sampling else None,
                 top_p=first.top_p if sampling else None,
@@ -140,7 +177,6 @@ class TransformersTeacher(Teacher):
                 eos_token_id=tokenizer.eos_token_id,
             )
         latency = (time.perf_counter() - started) / len(batch)
-        prompt_width = encoded["input_ids"].shape[1]
         prompt_lengths = encoded["attention_mask"].sum(dim=1).tolist()
         return [
             self._completion(request, output[row, prompt_width:].tolist(), int(prompt_lengths[row]), latency)
