@@ -301,10 +301,10 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None, *, subdir
     try:
         recipe = model.model_validate(data)
     except ValidationError as exc:
-        raise RecipeError(_format_validation_error(exc, path, node)) from None
-    _check_files_exist(recipe, path, node)
+        raise RecipeError(_format_validation_error(exc, path, node, overrides or [])) from None
+    _check_files_exist(recipe, path, node, overrides or [])
     if isinstance(recipe, GenerateRecipe):
-        _check_filters(recipe, path, node)
+        _check_filters(recipe, path, node, overrides or [])
     return recipe
 
 
@@ -323,25 +323,28 @@ def resolve_data_path(raw: str, recipe_file: Path) -> Path:
     return (recipe_file.parent / p).resolve()
 
 
-def _check_files_exist(recipe: Recipe, path: Path, node: yaml.Node | None) -> None:
+def _check_files_exist(recipe: Recipe, path: Path, node: yaml.Node | None, overrides: list[str]) -> None:
+    def where(loc: list[str | int]) -> str:
+        return _override_at(overrides, loc) or f"{path}:{_line_of(node, loc)}"
+
     if isinstance(recipe, GenerateRecipe):
         for i, source in enumerate(recipe.sources):
             if not resolve_data_path(source.path, path).exists():
-                line = _line_of(node, ["sources", i, "path"])
-                raise RecipeError(f"{path}:{line}: sources[{i}].path: file not found: {source.path}")
+                raise RecipeError(f"{where(['sources', i, 'path'])}: sources[{i}].path: file not found: {source.path}")
         if recipe.teacher.replay is not None and not resolve_data_path(recipe.teacher.replay.path, path).exists():
-            line = _line_of(node, ["teacher", "replay", "path"])
-            raise RecipeError(f"{path}:{line}: teacher.replay.path: file not found: {recipe.teacher.replay.path}")
+            raise RecipeError(f"{where(['teacher', 'replay', 'path'])}: teacher.replay.path: file not found: "
+                              f"{recipe.teacher.replay.path}")
 
 
-def _check_filters(recipe: GenerateRecipe, path: Path, node: yaml.Node | None) -> None:
+def _check_filters(recipe: GenerateRecipe, path: Path, node: yaml.Node | None, overrides: list[str]) -> None:
     # Imported here: the filter registry imports verifiers, which recipe loading should not pay for.
     from factory.filter import validate_filter_configs
 
     for index, message in validate_filter_configs(recipe.filters):
         key = message.split(":", 1)[0]
         loc: list[str | int] = ["filters", index] + ([key] if key and " " not in key else [])
-        raise RecipeError(f"{path}:{_line_of(node, loc)}: filters[{index}].{message}")
+        where = _override_at(overrides, loc) or f"{path}:{_line_of(node, loc)}"
+        raise RecipeError(f"{where}: filters[{index}].{message}")
 
 
 def recipe_hash(recipe: Recipe) -> str:
@@ -408,10 +411,11 @@ def _line_of(node: yaml.Node | None, loc: list[str | int]) -> int:
     return line
 
 
-def _format_validation_error(exc: ValidationError, path: Path, node: yaml.Node | None) -> str:
+def _format_validation_error(exc: ValidationError, path: Path, node: yaml.Node | None, overrides: list[str]) -> str:
     err = exc.errors()[0]
     loc = [p for p in err["loc"] if not (isinstance(p, str) and p in _KIND_TAGS)]
     dotted = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[")
+    where = _override_at(overrides, loc) or f"{path}:{_line_of(node, loc)}"
     kind = err["type"]
     if kind == "extra_forbidden":
         what = "unknown key"
@@ -422,7 +426,18 @@ def _format_validation_error(exc: ValidationError, path: Path, node: yaml.Node |
         if "input" in err and not isinstance(err["input"], (dict, list)):
             what += f" (got {err['input']!r})"
     more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"{path}:{_line_of(node, loc)}: {dotted or '<top>'}: {what}{more}"
+    return f"{where}: {dotted or '<top>'}: {what}{more}"
+
+
+def _override_at(overrides: list[str], loc: list[str | int]) -> str | None:
+    """The last command-line override that set ``loc`` or a section holding it: the error is
+    the user's typing, not a line of the file."""
+    path = [str(p) for p in loc]
+    for override in reversed(overrides):
+        key = override.split("=", 1)[0].strip().split(".")
+        if key == path[: len(key)]:
+            return f"override '{override}'"
+    return None
 
 
 _KIND_TAGS = {"GenerateRecipe", "MixRecipe", "StudentRecipe"}

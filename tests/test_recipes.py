@@ -88,8 +88,15 @@ def test_bad_recipe_is_one_line_naming_the_key(recipe_dir: Path, old: str, new: 
 
 def test_bad_override_names_the_override(recipe_dir: Path) -> None:
     path = write(recipe_dir, VALID)
-    assert "sampling.temperature" in error_of(path, ["sampling.temperature=9"])
+    assert error_of(path, ["sampling.temperature=9"]).startswith("override 'sampling.temperature=9': sampling.temperature:")
+    assert error_of(path, ["sampling={n: many}"]).startswith("override 'sampling={n: many}': sampling.n:")
+    assert error_of(path, ["sampling.colour=blue"]).startswith("override 'sampling.colour=blue': sampling.colour: unknown key")
+    assert error_of(path, ["sources.0.path=nowhere.jsonl"]).startswith("override 'sources.0.path=nowhere.jsonl': sources[0].path: file not found")
+    assert error_of(path, ["filters.1.min_share=1.5"]).startswith("override 'filters.1.min_share=1.5': filters[1].min_share")
     assert "KEY.PATH=VALUE" in error_of(path, ["sampling.n"])
+    # An override that is fine leaves other errors pointing at the file's line.
+    broken = write(recipe_dir, VALID.replace("  n: 2\n", "  n: many\n", 1))
+    assert "r.yaml:12: sampling.n" in error_of(broken, ["sampling.temperature=0.5"])
 
 
 def test_unknown_recipe_name_lists_the_known_ones() -> None:
