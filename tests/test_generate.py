@@ -219,3 +219,74 @@ def test_transformers_teacher_stays_inside_the_model_context(tiny_models_dir: Pa
     assert short.error is None and short.prompt_tokens + short.completion_tokens <= 96
     assert any("capped" in r.message for r in caplog.records)
     assert teacher.stats.errors == 1 and teacher.stats.completed == 2
+
+
+def _replay_run(directory: Path, traces: int) -> Path:
+    """A replay recipe over `traces` synthetic R1 traces: right, wrong, malformed, duplicated."""
+    rng = random.Random(17)
+    with open(directory / "traces.jsonl", "w") as f:
+        for i in range(traces):
+            problem, value, _ = arithmetic_problem(rng)
+            answer = value if rng.random() < 0.6 else value + 1
+            body = f"<think>\nWork on {problem} step {i % 97}.\n</think>\n\nSo the result is \\boxed{{{answer}}}."
+            if rng.random() < 0.1:
+                body = body.replace("</think>", "")
+            f.write(json.dumps({"problem": problem, "generation": body, "answer": str(value)}) + "\n")
+    recipe = directory / "replayed.yaml"
+    recipe.write_text(
+        "kind: generate\nname: replayed\n"
+        "teacher:\n  role: rl_1\n  backend: replay\n  model: some-r1\n"
+        "  replay:\n    path: traces.jsonl\n    fields: {prompt: problem, generation: generation, reference: answer}\n"
+        "filters: [{step: format}, {step: language}, {step: readability}, {step: correctness}, {step: dedup}]\n"
+        "selection: {k: 1, policy: shortest}\n"
+        "output: {dataset: replayed}\n"
+    )
+    return recipe
+
+
+def _verdict_rows(run_dir: Path) -> list[tuple[str, str, bool | None, str | None]]:
+    rows = []
+    for step_dir in sorted((run_dir / "verdicts").iterdir()):
+        for shard in visible_shards(step_dir):
+            table = pq.read_table(shard, columns=["sample_id", "step", "passed", "code"]).to_pylist()
+            rows.extend((r["sample_id"], r["step"], r["passed"], r["code"]) for r in table)
+    return rows
+
+
+def test_filter_killed_at_random_points_resumes_to_the_same_verdicts(factory_home: Path, tmp_path: Path) -> None:
+    """SIGKILL `factory filter` mid-run three times, then finish: every (sample, step) is decided
+    exactly once and the verdicts equal those of an uninterrupted run."""
+    import shutil
+
+    recipe = _replay_run(tmp_path, traces=12_000)
+    run_cli("generate", "--recipe", str(recipe), "--quiet", home=factory_home)
+    run_dir = factory_home / "runs" / "replayed"
+    reference_home = tmp_path / "reference-home"
+    shutil.copytree(factory_home, reference_home, symlinks=True)
+    run_cli("filter", "--run", "replayed", "--quiet", home=reference_home)
+    expected = _verdict_rows(reference_home / "runs" / "replayed")
+
+    env = {**os.environ, "FACTORY_HOME": str(factory_home), "PYTHONPATH": str(REPO)}
+    rng = random.Random(9)
+    kills = 0
+    for _ in range(3):
+        before = len(_verdict_rows(run_dir)) if (run_dir / "verdicts").exists() else 0
+        proc = subprocess.Popen([sys.executable, "-m", "cli", "filter", "--run", "replayed", "--quiet"],
+                                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (run_dir / "verdicts").exists() and len(_verdict_rows(run_dir)) > before:
+                break
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.0))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait(timeout=30)
+    assert kills >= 1 and len(_verdict_rows(run_dir)) < len(expected)  # really stopped short
+    run_cli("filter", "--run", "replayed", "--quiet", home=factory_home)
+    resumed = _verdict_rows(run_dir)
+    decided = Counter((sample_id, step) for sample_id, step, _, _ in resumed)
+    assert max(decided.values()) == 1  # nothing decided twice: no work redone after a written chunk
+    assert sorted(resumed) == sorted(expected)
+    assert len({s for s, step, _, _ in expected if step == "format"}) == 12_000
