@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -69,6 +70,27 @@ def stored_ids(run_dir: Path) -> list[str]:
     return ids
 
 
+def kill_at_random_points(args: list[str], *, home: Path, progress: Callable[[], int], rng: random.Random,
+                          max_delay_s: float, attempts: int = 3) -> int:
+    """Start the CLI `attempts` times; each time, once `progress()` moves past what earlier
+    attempts left, SIGKILL it after a random delay. Returns how many runs were killed."""
+    env = {**os.environ, "FACTORY_HOME": str(home), "PYTHONPATH": str(REPO)}
+    kills = 0
+    for _ in range(attempts):
+        start = progress()
+        proc = subprocess.Popen([sys.executable, "-m", "cli", *args], cwd=REPO, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None and progress() <= start:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, max_delay_s))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait(timeout=30)
+    return kills
+
+
 def test_generate_filter_sql_end_to_end(factory_home: Path, tmp_path: Path) -> None:
     recipe = make_recipe(tmp_path, prompts=6, n=2)
     run_cli("generate", "--recipe", str(recipe), "--quiet", home=factory_home)
@@ -123,24 +145,9 @@ def test_kill9_at_random_points_then_resume_is_exactly_once(factory_home: Path, 
     prompts, n = 12, 2
     recipe = make_recipe(tmp_path, prompts=prompts, n=n, tokens=40, batch=4, flush=2)
     run_dir = factory_home / "runs" / "tiny_gen"
-    env = {**os.environ, "FACTORY_HOME": str(factory_home), "PYTHONPATH": str(REPO)}
-    rng = random.Random(5)
-    kills = 0
-    for _ in range(3):
-        proc = subprocess.Popen([sys.executable, "-m", "cli", "generate", "--recipe", str(recipe), "--quiet"],
-                                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        start = len(stored_ids(run_dir)) if run_dir.exists() else 0
-        # Wait for progress past what earlier attempts left, then kill at a random moment.
-        while time.monotonic() < deadline and proc.poll() is None:
-            if run_dir.exists() and len(stored_ids(run_dir)) > start:
-                break
-            time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 1.5))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait(timeout=30)
+    kills = kill_at_random_points(["generate", "--recipe", str(recipe), "--quiet"], home=factory_home,
+                                  progress=lambda: len(stored_ids(run_dir)) if run_dir.exists() else 0,
+                                  rng=random.Random(5), max_delay_s=1.5)
     assert kills >= 1
     partial = stored_ids(run_dir)
     assert len(partial) == len(set(partial))  # no duplicates even mid-way
@@ -266,23 +273,9 @@ def test_filter_killed_at_random_points_resumes_to_the_same_verdicts(factory_hom
     run_cli("filter", "--run", "replayed", "--quiet", home=reference_home)
     expected = _verdict_rows(reference_home / "runs" / "replayed")
 
-    env = {**os.environ, "FACTORY_HOME": str(factory_home), "PYTHONPATH": str(REPO)}
-    rng = random.Random(9)
-    kills = 0
-    for _ in range(3):
-        before = len(_verdict_rows(run_dir)) if (run_dir / "verdicts").exists() else 0
-        proc = subprocess.Popen([sys.executable, "-m", "cli", "filter", "--run", "replayed", "--quiet"],
-                                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            if (run_dir / "verdicts").exists() and len(_verdict_rows(run_dir)) > before:
-                break
-            time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 1.0))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait(timeout=30)
+    kills = kill_at_random_points(["filter", "--run", "replayed", "--quiet"], home=factory_home,
+                                  progress=lambda: len(_verdict_rows(run_dir)) if (run_dir / "verdicts").exists() else 0,
+                                  rng=random.Random(9), max_delay_s=1.0)
     assert kills >= 1 and len(_verdict_rows(run_dir)) < len(expected)  # really stopped short
     run_cli("filter", "--run", "replayed", "--quiet", home=factory_home)
     resumed = _verdict_rows(run_dir)
