@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from factory.filter import read_accepted_ids
+from factory.recipe import RecipeError, find_recipe
 from factory.store import RunStore, open_run, utc_now
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ def _render(store: RunStore, manifest: dict[str, Any], rows: list[dict[str, Any]
         "sampling settings; verdicts live in `verdicts/<step>/` keyed by `sample_id`. Reproduce with:",
         "",
         "```",
-        f"factory generate --recipe {manifest.get('recipe_file')} {' '.join(manifest.get('overrides') or [])}".rstrip(),
+        f"factory generate --recipe {_recipe_argument(manifest.get('recipe_file'))} {' '.join(manifest.get('overrides') or [])}".rstrip(),
         f"factory filter --run {store.name}",
         "```",
         "",
@@ -114,3 +115,17 @@ def _render(store: RunStore, manifest: dict[str, Any], rows: list[dict[str, Any]
         "",
     ]
     return "\n".join(lines)
+
+
+def _recipe_argument(recipe_file: str | None) -> str:
+    """The recipe as a reader should type it: its name when `--recipe NAME` finds this very
+    file (a shipped recipe, so no path of the machine that wrote the card), else its path."""
+    if not recipe_file:
+        return "RECIPE"
+    path = Path(recipe_file)
+    try:
+        if find_recipe(path.stem) == path.resolve():
+            return path.stem
+    except RecipeError:
+        pass
+    return recipe_file
