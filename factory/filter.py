@@ -178,12 +178,22 @@ class CorrectnessStep(FilterStep):
 
     @classmethod
     def validate(cls, params: dict[str, Any]) -> None:
-        unknown = set(params) - {"timeout_s", "code_timeout_s", "memory_mb", "workers"}
+        known = ("timeout_s", "code_timeout_s", "memory_mb", "workers", "unsafe_no_sandbox")
+        unknown = set(params) - set(known)
         if unknown:
-            raise ValueError(f"{sorted(unknown)[0]}: unknown setting for step 'correctness' (have timeout_s, code_timeout_s, memory_mb, workers)")
+            raise ValueError(f"{sorted(unknown)[0]}: unknown setting for step 'correctness' (have {', '.join(known)})")
         for key in ("timeout_s", "code_timeout_s"):
-            if key in params and not (isinstance(params[key], (int, float)) and 0 < params[key] <= 600):
-                raise ValueError(f"{key}: expected seconds in (0, 600], got {params[key]!r}")
+            value = params.get(key, 1)
+            if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0 < value <= 600):
+                raise ValueError(f"{key}: expected seconds in (0, 600], got {value!r}")
+        memory_mb = params.get("memory_mb", 512)
+        if isinstance(memory_mb, bool) or not isinstance(memory_mb, int) or memory_mb < 64:
+            raise ValueError(f"memory_mb: expected an integer >= 64, got {memory_mb!r}")
+        workers = params.get("workers")
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+            raise ValueError(f"workers: expected an integer >= 1, got {workers!r}")
+        if not isinstance(params.get("unsafe_no_sandbox", False), bool):
+            raise ValueError(f"unsafe_no_sandbox: expected true or false, got {params['unsafe_no_sandbox']!r}")
 
     def evaluate(self, rows: list[Row]) -> list[StepVerdict]:
         verdicts: list[StepVerdict | None] = [None] * len(rows)
@@ -216,7 +226,7 @@ class CorrectnessStep(FilterStep):
         return out
 
     def _verify_code(self, rows: list[Row]) -> list[StepVerdict]:
-        from verifiers.code import CodeTests, extract_code, run_batch
+        from verifiers.code import CodeTests, SandboxUnavailable, extract_code, run_batch
 
         items, out_index, out = [], [], [None] * len(rows)
         for i, r in enumerate(rows):
@@ -227,7 +237,14 @@ class CorrectnessStep(FilterStep):
             items.append((program, CodeTests.from_dict(json.loads(r["tests"]))))
             out_index.append(i)
         if items:
-            results = run_batch(items, workers=self.params.get("workers"))
+            try:
+                results = run_batch(items, workers=self.params.get("workers"),
+                                    timeout_s=self.params.get("code_timeout_s", 5.0),
+                                    memory_mb=self.params.get("memory_mb", 512),
+                                    unsafe_no_sandbox=self.params.get("unsafe_no_sandbox", False))
+            except SandboxUnavailable as exc:
+                raise FactoryError(f"filter correctness: {str(exc).splitlines()[0]} (recipe: "
+                                   f"`unsafe_no_sandbox: true` on the correctness step)") from None
             for i, result in zip(out_index, results):
                 score = result.passed_cases / result.total_cases if result.total_cases else 0.0
                 code = None if result.passed else f"code_{result.status}"

@@ -131,9 +131,7 @@ def _to_record(row: dict[str, Any], row_number: int, source: SourceConfig, path:
         raise RecipeError(f"{path}: row {row_number + 1}: missing field '{fields.id}' (sources.fields.id); set fields.id: null to number rows")
     local_id = str(raw_id) if raw_id is not None else str(row_number)
     reference = _optional(row, fields.reference)
-    tests = row.get(fields.tests) if fields.tests else None
-    if tests is not None and not isinstance(tests, str):
-        tests = json.dumps(_merge_tests(tests, row), sort_keys=True)
+    tests = tests_text(row, fields.tests)
     task_type = _optional(row, fields.task_type) or source.task_type
     language = _optional(row, fields.language) or source.language
     system = _optional(row, fields.system)
@@ -150,11 +148,15 @@ def _to_record(row: dict[str, Any], row_number: int, source: SourceConfig, path:
     )
 
 
-def _merge_tests(tests: Any, row: dict[str, Any]) -> Any:
+def tests_text(row: dict[str, Any], field: str | None) -> str | None:
+    """A row's code tests as the JSON text the store keeps (``CodeTests.from_dict`` input)."""
+    tests = row.get(field) if field else None
+    if tests is None or isinstance(tests, str):
+        return tests
     # HumanEval-style tests need the entry point, which lives beside them in the row.
     if isinstance(tests, dict) and "entry_point" not in tests and "entry_point" in row:
-        return {**tests, "entry_point": row["entry_point"]}
-    return tests
+        tests = {**tests, "entry_point": row["entry_point"]}
+    return json.dumps(tests, sort_keys=True)
 
 
 def _required(row: dict[str, Any], name: str, row_number: int, path: Path) -> Any:

@@ -7,6 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from tests.conftest import run_cli
 from tests.test_generate import make_recipe
@@ -98,3 +99,40 @@ def test_card_and_mix_manifest(factory_home: Path, tmp_path: Path) -> None:
     card = (tmp_path / "cards" / "tiny_gen" / "README.md").read_text()
     assert "| generated | 12 |" in card and "Filter funnel" in card
     assert f"factory generate --recipe {recipe.resolve()}" in card  # not shipped: its path
+
+
+def test_replayed_code_traces_run_against_their_tests(factory_home: Path, tmp_path: Path) -> None:
+    """Code traces imported with their tests are verified in the sandbox, under the step's limits."""
+    tests = {"kind": "asserts", "asserts": ["assert add_two(1, 2) == 3", "assert add_two(-1, 1) == 0"], "setup": ""}
+    bodies = {
+        "right": "def add_two(a, b):\n    return a + b",
+        "wrong": "def add_two(a, b):\n    return a - b",
+        "loops": "def add_two(a, b):\n    while True:\n        pass",
+    }
+    with open(tmp_path / "code_traces.jsonl", "w") as f:
+        for name, body in bodies.items():
+            generation = f"<think>\nThe {name} way.\n</think>\n\n```python\n{body}\n```"
+            f.write(json.dumps({"id": name, "problem": f"Write add_two ({name}).", "generation": generation,
+                                "tests": tests, "entry_point": "add_two", "kind": "code"}) + "\n")
+    (tmp_path / "code_replay.yaml").write_text(
+        "kind: generate\nname: code_replay\n"
+        "teacher:\n  role: rl_1\n  backend: replay\n  model: some-r1\n"
+        "  replay:\n    path: code_traces.jsonl\n"
+        "    fields: {prompt_id: id, prompt: problem, generation: generation, tests: tests, task_type: kind}\n"
+        "filters:\n  - step: format\n  - {step: correctness, code_timeout_s: 0.5, memory_mb: 256}\n"
+        "output: {dataset: code_replay}\n"
+    )
+    run_cli("generate", "--recipe", str(tmp_path / "code_replay.yaml"), "--quiet", home=factory_home)
+    proc = run_cli("filter", "--run", "code_replay", "--quiet", home=factory_home, check=False)
+    if proc.returncode == 2 and "unsafe_no_sandbox" in proc.stderr:
+        assert len(proc.stderr.strip().splitlines()) == 1  # no sandbox here: one line that says how to opt out
+        pytest.skip("the code sandbox needs root + namespaces")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(run_cli("sql", "SELECT s.prompt_id, s.task_type, v.passed, v.code, v.reason FROM verdicts v "
+                              "JOIN samples s USING (sample_id) WHERE v.step = 'correctness' ORDER BY 1",
+                              "--format", "json", home=factory_home).stdout)
+    by_name = {r["prompt_id"].removeprefix("replay/"): r for r in rows}
+    assert {r["task_type"] for r in rows} == {"code"}
+    assert by_name["right"]["passed"] is True
+    assert by_name["wrong"]["passed"] is False and by_name["wrong"]["code"] == "code_failed"
+    assert by_name["loops"]["code"] == "code_timeout" and "0.5s" in by_name["loops"]["reason"]

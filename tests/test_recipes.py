@@ -141,3 +141,16 @@ def test_missing_prompt_field_names_row_and_field(recipe_dir: Path, tmp_path: Pa
 def test_repo_layout() -> None:
     for name in ("pyproject.toml", "factory", "recipes", "verifiers", "cli.py", "tests", "data_cards", "benchmarks"):
         assert (REPO / name).exists(), name
+
+
+@pytest.mark.parametrize(("setting", "expected"), [
+    ("code_timeout_s: 0", "code_timeout_s: expected seconds in (0, 600]"),
+    ("memory_mb: 8", "memory_mb: expected an integer >= 64"),
+    ("workers: 0", "workers: expected an integer >= 1"),
+    ("unsafe_no_sandbox: maybe", "unsafe_no_sandbox: expected true or false"),
+    ("colour: blue", "colour: unknown setting for step 'correctness'"),
+])
+def test_bad_correctness_settings_are_one_line(recipe_dir: Path, setting: str, expected: str) -> None:
+    path = write(recipe_dir, VALID.replace("output:", f"  - {{step: correctness, {setting}}}\noutput:", 1))
+    message = error_of(path)
+    assert "filters[2]." in message and expected in message, message

@@ -20,7 +20,7 @@ from typing import Any
 
 from factory.errors import RecipeError
 from factory.recipe import GenerateRecipe, ReplayOptions, SourceConfig, resolve_data_path
-from factory.sources import _read_rows
+from factory.sources import _read_rows, tests_text
 from factory.store import RunStore, make_sample_id, utc_now
 from factory.teachers.base import split_think
 
@@ -109,7 +109,7 @@ def _trace_to_row(
         "prompt": prompt,
         "prompt_messages": prompt_messages,
         "reference": None if not fields.reference or raw.get(fields.reference) is None else str(raw[fields.reference]),
-        "tests": None,
+        "tests": tests_text(raw, fields.tests),
         "teacher_role": recipe.teacher.role,
         "backend": "replay",
         "model": str(raw.get(fields.model)) if fields.model and raw.get(fields.model) else recipe.teacher.model,
