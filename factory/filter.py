@@ -266,8 +266,11 @@ class JudgeStep(FilterStep):
         if params.get("applies_to", "unverified") not in ("unverified", "all"):
             raise ValueError(f"applies_to: expected 'unverified' or 'all', got {params['applies_to']!r}")
         score = params.get("min_score", 6)
-        if not isinstance(score, (int, float)) or not 0 <= score <= 10:
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not 0 <= score <= 10:
             raise ValueError(f"min_score: expected a number in [0, 10], got {score!r}")
+        tokens = params.get("max_new_tokens", 128)
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+            raise ValueError(f"max_new_tokens: expected an integer >= 1, got {tokens!r}")
         try:
             TeacherConfig.model_validate({"role": "v3", **params.get("teacher", {})})
         except Exception as exc:  # pydantic's message is multi-line; keep the first error

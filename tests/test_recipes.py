@@ -143,14 +143,17 @@ def test_repo_layout() -> None:
         assert (REPO / name).exists(), name
 
 
-@pytest.mark.parametrize(("setting", "expected"), [
-    ("code_timeout_s: 0", "code_timeout_s: expected seconds in (0, 600]"),
-    ("memory_mb: 8", "memory_mb: expected an integer >= 64"),
-    ("workers: 0", "workers: expected an integer >= 1"),
-    ("unsafe_no_sandbox: maybe", "unsafe_no_sandbox: expected true or false"),
-    ("colour: blue", "colour: unknown setting for step 'correctness'"),
+@pytest.mark.parametrize(("step", "setting", "expected"), [
+    ("correctness", "code_timeout_s: 0", "code_timeout_s: expected seconds in (0, 600]"),
+    ("correctness", "memory_mb: 8", "memory_mb: expected an integer >= 64"),
+    ("correctness", "workers: 0", "workers: expected an integer >= 1"),
+    ("correctness", "unsafe_no_sandbox: maybe", "unsafe_no_sandbox: expected true or false"),
+    ("correctness", "colour: blue", "colour: unknown setting for step 'correctness'"),
+    ("judge", "max_new_tokens: lots", "max_new_tokens: expected an integer >= 1"),
+    ("judge", "min_score: true", "min_score: expected a number in [0, 10]"),
+    ("judge", "applies_to: some", "applies_to: expected 'unverified' or 'all'"),
 ])
-def test_bad_correctness_settings_are_one_line(recipe_dir: Path, setting: str, expected: str) -> None:
-    path = write(recipe_dir, VALID.replace("output:", f"  - {{step: correctness, {setting}}}\noutput:", 1))
+def test_bad_step_settings_are_one_line(recipe_dir: Path, step: str, setting: str, expected: str) -> None:
+    path = write(recipe_dir, VALID.replace("output:", f"  - {{step: {step}, {setting}}}\noutput:", 1))
     message = error_of(path)
     assert "filters[2]." in message and expected in message, message
