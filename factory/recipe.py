@@ -298,7 +298,7 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None, *, subdir
     kind = data.get("kind", "generate")
     model = _KINDS.get(kind)
     if model is None:
-        raise RecipeError(f"{path}:{_line_of(node, ['kind'])}: kind: expected one of {sorted(_KINDS)}, got {kind!r}")
+        raise RecipeError(f"{_location(path, node, ['kind'], overrides or [])}: kind: expected one of {sorted(_KINDS)}, got {kind!r}")
     try:
         recipe = model.model_validate(data)
     except ValidationError as exc:
@@ -325,16 +325,14 @@ def resolve_data_path(raw: str, recipe_file: Path) -> Path:
 
 
 def _check_files_exist(recipe: Recipe, path: Path, node: yaml.Node | None, overrides: list[str]) -> None:
-    def where(loc: list[str | int]) -> str:
-        return _override_at(overrides, loc) or f"{path}:{_line_of(node, loc)}"
-
     if isinstance(recipe, GenerateRecipe):
         for i, source in enumerate(recipe.sources):
             if not resolve_data_path(source.path, path).exists():
-                raise RecipeError(f"{where(['sources', i, 'path'])}: sources[{i}].path: file not found: {source.path}")
+                where = _location(path, node, ["sources", i, "path"], overrides)
+                raise RecipeError(f"{where}: sources[{i}].path: file not found: {source.path}")
         if recipe.teacher.replay is not None and not resolve_data_path(recipe.teacher.replay.path, path).exists():
-            raise RecipeError(f"{where(['teacher', 'replay', 'path'])}: teacher.replay.path: file not found: "
-                              f"{recipe.teacher.replay.path}")
+            where = _location(path, node, ["teacher", "replay", "path"], overrides)
+            raise RecipeError(f"{where}: teacher.replay.path: file not found: {recipe.teacher.replay.path}")
 
 
 def _check_filters(recipe: GenerateRecipe, path: Path, node: yaml.Node | None, overrides: list[str]) -> None:
@@ -344,8 +342,7 @@ def _check_filters(recipe: GenerateRecipe, path: Path, node: yaml.Node | None, o
     for index, message in validate_filter_configs(recipe.filters):
         key = message.split(":", 1)[0]
         loc: list[str | int] = ["filters", index] + ([key] if key and " " not in key else [])
-        where = _override_at(overrides, loc) or f"{path}:{_line_of(node, loc)}"
-        raise RecipeError(f"{where}: filters[{index}].{message}")
+        raise RecipeError(f"{_location(path, node, loc, overrides)}: filters[{index}].{message}")
 
 
 def recipe_hash(recipe: Recipe) -> str:
@@ -419,7 +416,7 @@ def _format_validation_error(exc: ValidationError, path: Path, node: yaml.Node |
     err = exc.errors()[0]
     loc = [p for p in err["loc"] if not (isinstance(p, str) and p in _KIND_TAGS)]
     dotted = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[")
-    where = _override_at(overrides, loc) or f"{path}:{_line_of(node, loc)}"
+    where = _location(path, node, loc, overrides)
     kind = err["type"]
     if kind == "extra_forbidden":
         what = "unknown key"
@@ -433,15 +430,15 @@ def _format_validation_error(exc: ValidationError, path: Path, node: yaml.Node |
     return f"{where}: {dotted or '<top>'}: {what}{more}"
 
 
-def _override_at(overrides: list[str], loc: list[str | int]) -> str | None:
-    """The last command-line override that set ``loc`` or a section holding it: the error is
-    the user's typing, not a line of the file."""
-    path = [str(p) for p in loc]
+def _location(path: Path, node: yaml.Node | None, loc: list[str | int], overrides: list[str]) -> str:
+    """Where a bad value came from: the last command-line override that set ``loc`` or a section
+    holding it (the user's typing, not a line of the file), else the file and line."""
+    keys = [str(p) for p in loc]
     for override in reversed(overrides):
         key = override.split("=", 1)[0].strip().split(".")
-        if key == path[: len(key)]:
+        if key == keys[: len(key)]:
             return f"override '{override}'"
-    return None
+    return f"{path}:{_line_of(node, loc)}"
 
 
 _KIND_TAGS = {"GenerateRecipe", "MixRecipe", "StudentRecipe"}
