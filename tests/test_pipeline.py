@@ -7,7 +7,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
 
 from tests.conftest import run_cli
 from tests.test_generate import make_recipe
@@ -114,19 +113,21 @@ def test_replayed_code_traces_run_against_their_tests(factory_home: Path, tmp_pa
             generation = f"<think>\nThe {name} way.\n</think>\n\n```python\n{body}\n```"
             f.write(json.dumps({"id": name, "problem": f"Write add_two ({name}).", "generation": generation,
                                 "tests": tests, "entry_point": "add_two", "kind": "code"}) + "\n")
-    (tmp_path / "code_replay.yaml").write_text(
-        "kind: generate\nname: code_replay\n"
-        "teacher:\n  role: rl_1\n  backend: replay\n  model: some-r1\n"
-        "  replay:\n    path: code_traces.jsonl\n"
-        "    fields: {prompt_id: id, prompt: problem, generation: generation, tests: tests, task_type: kind}\n"
-        "filters:\n  - step: format\n  - {step: correctness, code_timeout_s: 0.5, memory_mb: 256}\n"
-        "output: {dataset: code_replay}\n"
-    )
+    recipe = ("kind: generate\nname: code_replay\n"
+              "teacher:\n  role: rl_1\n  backend: replay\n  model: some-r1\n"
+              "  replay:\n    path: code_traces.jsonl\n"
+              "    fields: {prompt_id: id, prompt: problem, generation: generation, tests: tests, task_type: kind}\n"
+              "filters:\n  - step: format\n  - {step: correctness, code_timeout_s: 0.5, memory_mb: 256}\n"
+              "output: {dataset: code_replay}\n")
+    (tmp_path / "code_replay.yaml").write_text(recipe)
     run_cli("generate", "--recipe", str(tmp_path / "code_replay.yaml"), "--quiet", home=factory_home)
     proc = run_cli("filter", "--run", "code_replay", "--quiet", home=factory_home, check=False)
     if proc.returncode == 2 and "unsafe_no_sandbox" in proc.stderr:
-        assert len(proc.stderr.strip().splitlines()) == 1  # no sandbox here: one line that says how to opt out
-        pytest.skip("the code sandbox needs root + namespaces")
+        # No sandbox on this machine (not root): one line that names the opt-out, then the opt-out works.
+        assert len(proc.stderr.strip().splitlines()) == 1
+        (tmp_path / "unsandboxed.yaml").write_text(recipe.replace("memory_mb: 256}", "memory_mb: 256, unsafe_no_sandbox: true}"))
+        proc = run_cli("filter", "--run", "code_replay", "--recipe", str(tmp_path / "unsandboxed.yaml"), "--quiet",
+                       home=factory_home, check=False)
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(run_cli("sql", "SELECT s.prompt_id, s.task_type, v.passed, v.code, v.reason FROM verdicts v "
                               "JOIN samples s USING (sample_id) WHERE v.step = 'correctness' ORDER BY 1",

@@ -132,10 +132,10 @@ class TransformersTeacher(Teacher):
             [r.messages for r in batch], add_generation_prompt=True, return_tensors="pt", padding=True, return_dict=True
         )
         limit = self._context_limit()
-        lengths = encoded["attention_mask"].sum(dim=1).tolist()
+        lengths = [int(n) for n in encoded["attention_mask"].sum(dim=1).tolist()]
         if limit is not None and max(lengths) >= limit:
-            return self._drop_overlong(batch, [int(n) for n in lengths], limit)
-        return self._generate_encoded(batch, encoded.to(self._device), limit, started)
+            return self._drop_overlong(batch, lengths, limit)
+        return self._generate_encoded(batch, encoded.to(self._device), lengths, limit, started)
 
     def _drop_overlong(self, batch: list[GenerationRequest], lengths: list[int], limit: int) -> list[Completion]:
         """Error completions for prompts that fill the context; the others are generated as usual."""
@@ -148,8 +148,8 @@ class TransformersTeacher(Teacher):
             for r, n in zip(batch, lengths)
         ]
 
-    def _generate_encoded(self, batch: list[GenerationRequest], encoded: Any, limit: int | None,
-                          started: float) -> list[Completion]:
+    def _generate_encoded(self, batch: list[GenerationRequest], encoded: Any, lengths: list[int],
+                          limit: int | None, started: float) -> list[Completion]:
         import torch
 
         tokenizer, model = self._tokenizer, self._model
@@ -177,9 +177,8 @@ class TransformersTeacher(Teacher):
                 eos_token_id=tokenizer.eos_token_id,
             )
         latency = (time.perf_counter() - started) / len(batch)
-        prompt_lengths = encoded["attention_mask"].sum(dim=1).tolist()
         return [
-            self._completion(request, output[row, prompt_width:].tolist(), int(prompt_lengths[row]), latency)
+            self._completion(request, output[row, prompt_width:].tolist(), lengths[row], latency)
             for row, request in enumerate(batch)
         ]
 
