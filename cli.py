@@ -26,9 +26,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 models_app = typer.Typer(help="Tiny local models for tests and the demo.", no_args_is_help=True)
+experiment_app = typer.Typer(help="Experiments that measure the factory's own claims.", no_args_is_help=True)
 verify_app = typer.Typer(help="Run a verifier over a JSONL/Parquet file.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(verify_app, name="verify")
+app.add_typer(experiment_app, name="experiment")
 
 out = Console()
 err = Console(stderr=True)
@@ -279,21 +281,78 @@ def demo(
     run_demo(out, prompts=prompts, distill_steps=steps, progress=not quiet)
 
 
+# ---------------------------------------------------------------- experiments
+@experiment_app.command("curation")
+@one_line_errors
+def experiment_curation(
+    seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds; the bar is judged over them.")] = "0,1,2",
+    ablate: Annotated[bool, typer.Option("--ablate", help="One extra arm per filter switched off.")] = False,
+    generations: Annotated[int, typer.Option("--generations", help="Rounds of teacher → student → teacher.")] = 2,
+    name: Annotated[str, typer.Option("--name", help="Experiment name (its dir under $FACTORY_HOME/experiments).")] = "curation",
+    overrides: Annotated[list[str] | None, typer.Argument(help="KEY=VALUE settings, e.g. steps=200 train_prompts=400 n=4.")] = None,
+) -> None:
+    """Curated vs raw: distill one student on filtered teacher samples and one on as many raw ones, evaluate both
+    on held-out problems; then let the curated student teach the next generation.
+
+    Example: factory experiment curation --seeds 0,1,2 --ablate
+    """
+    from factory.experiment import CurationSettings, round_table, run_curation
+
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise FactoryError(f"--seeds: expected comma-separated integers, got {seeds!r}") from None
+    values: dict[str, Any] = {"seeds": seed_list, "ablate": ablate, "generations": generations, "name": name}
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise FactoryError(f"setting '{item}': expected KEY=VALUE, e.g. steps=200")
+        values[key.strip()] = value
+    settings = _validated(CurationSettings, values)
+    report = run_curation(settings)
+    rows = round_table(report)
+    table = Table(title=f"experiment {settings.name}: per seed and generation")
+    for col in rows[0] if rows else []:
+        table.add_column(str(col))
+    for row in rows:
+        table.add_row(*[str(v) for v in row.values()])
+    out.print(table)
+    verdict = report.summary.get("curated_vs_raw") or {}
+    if verdict:
+        out.print(f"A − B (pass@1, mean over seeds) {verdict['gap']:+.3f}; seed spread {verdict['spread']:.3f}; "
+                  f"beyond spread: {verdict['a_beats_b_beyond_spread']}")
+    out.print(f"card: {report.card_path}  report: {report.report_path}  ({report.wall_seconds:.0f} s wall, {report.cpu_seconds:.0f} s CPU)")
+
+
+def _validated(model: Any, values: dict[str, Any]) -> Any:
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise FactoryError(f"setting {key}: {first['msg']} (got {first.get('input')!r})") from None
+
+
 # ---------------------------------------------------------------- models
 @models_app.command("build")
 @one_line_errors
 def models_build(
+    names: Annotated[list[str] | None, typer.Argument(help="Task models to build too, e.g. tiny-teacher-arith.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if current.")] = False,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
-    """Build the tiny tokenizer, students (tiny-qwen, tiny-llama) and format-taught teacher (tiny-r1).
+    """Build the tiny tokenizer, students (tiny-qwen, tiny-llama) and format-taught teacher (tiny-r1),
+    and any task model named (tiny-teacher-arith: the imperfect teacher of `factory experiment curation`).
 
-    Example: factory models build --force
+    Example: factory models build tiny-teacher-arith
     """
-    from factory.models import build_tiny_models
+    from factory.models import build_task_models, build_tiny_models
     from factory.paths import models_dir
 
     paths = build_tiny_models(models_dir(), seed=seed, force=force)
+    paths.update(build_task_models(names or [], models_dir(), seed=seed, force=force))
     for name, path in paths.items():
         out.print(f"{name}: {path}")
 

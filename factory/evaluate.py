@@ -90,13 +90,13 @@ def load_bench(bench: str, limit: int | None = None) -> tuple[str, BenchSpec, li
     return name, spec, problems
 
 
-def prompt_messages(problem: Problem, kind: BenchKind) -> list[dict[str, str]]:
-    """R1-format system prompt plus the problem and the benchmark's answer instruction."""
+def prompt_messages(problem: Problem, kind: BenchKind, system_prompt: str | None = R1_SYSTEM_PROMPT) -> list[dict[str, str]]:
+    """R1-format system prompt (unless None) plus the problem and the benchmark's answer instruction."""
     if kind == "code":
         user = f"{CODE_INSTRUCTION}\n\n```python\n{problem.problem}```"
     else:
         user = f"{problem.problem}\n\n{MATH_INSTRUCTION}"
-    return [{"role": "system", "content": R1_SYSTEM_PROMPT}, {"role": "user", "content": user}]
+    return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [{"role": "user", "content": user}]
 
 
 # ---------------------------------------------------------------- metrics
@@ -222,14 +222,18 @@ def run_eval(
     backend: str = "transformers",
     batch_size: int = 16,
     output_name: str | None = None,
+    system_prompt: str | None = R1_SYSTEM_PROMPT,
 ) -> EvalReport:
-    """Evaluate `model` (and `baseline`, if given) on `bench`; results are also written to the store."""
+    """Evaluate `model` (and `baseline`, if given) on `bench`; results are also written to the store.
+
+    `system_prompt=None` asks without one, for models trained on prompts without it."""
     if k < 1:
         raise ValueError(f"k: expected an integer >= 1, got {k}")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens: expected an integer >= 1, got {max_new_tokens}")
     bench_name, spec, problems = load_bench(bench, limit)
-    settings = {"k": k, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens, "limit": limit, "seed": seed, "backend": backend}
+    settings = {"k": k, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens, "limit": limit, "seed": seed, "backend": backend,
+                "system_prompt": system_prompt}
     report = _evaluate_one(model, bench_name, spec, problems, settings, batch_size, output_name)
     if baseline is not None:
         name = model_display_name(baseline)
@@ -253,7 +257,7 @@ def _evaluate_one(model: str, bench: str, spec: BenchSpec, problems: list[Proble
         GenerationRequest(
             key=f"{p.id}#{j}",
             group=p.id,
-            messages=prompt_messages(p, spec.kind),
+            messages=prompt_messages(p, spec.kind, settings["system_prompt"]),
             temperature=settings["temperature"],
             top_p=settings["top_p"],
             max_new_tokens=settings["max_new_tokens"],

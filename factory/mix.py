@@ -71,7 +71,7 @@ def run_mix(recipe_name: str = "sft_mix", overrides: list[str] | None = None) ->
     reports = []
     for component in recipe.components:
         quota = max(0, round(component.quota * recipe.scale))
-        candidates = _component_rows(component.run, component.task_types)
+        candidates = _component_rows(component.run, component.task_types, curated=component.curated)
         taken, strata = _stratified_take(candidates, quota, recipe.stratify_by, rng)
         if len(taken) < quota:
             log.warning("mix %s: run '%s' has %d curated samples for a quota of %d; taking all", recipe.name, component.run, len(candidates), quota)
@@ -93,16 +93,19 @@ def run_mix(recipe_name: str = "sft_mix", overrides: list[str] | None = None) ->
     return MixReport(recipe.output.dataset, str(out), len(rows), reports)
 
 
-def _component_rows(run: str, task_types: list[str] | None) -> list[dict[str, Any]]:
+def _component_rows(run: str, task_types: list[str] | None, *, curated: bool = True) -> list[dict[str, Any]]:
     store = RunStore(runs_dir() / run)
     if not store.exists():
         log.warning("mix component run '%s': not found in %s; skipped (generate and filter it to include it)", run, runs_dir())
         return []
-    accepted = set(read_accepted_ids(store))
-    if not accepted and not store.verdict_steps():
-        raise FactoryError(f"mix component run '{run}': not filtered yet; run `factory filter --run {run}`")
     table = store.read_samples(COLUMNS)
-    rows = [r for r in table.to_pylist() if r["sample_id"] in accepted]
+    if curated:
+        accepted = set(read_accepted_ids(store))
+        if not accepted and not store.verdict_steps():
+            raise FactoryError(f"mix component run '{run}': not filtered yet; run `factory filter --run {run}`")
+        rows = [r for r in table.to_pylist() if r["sample_id"] in accepted]
+    else:
+        rows = table.to_pylist()
     if task_types:
         rows = [r for r in rows if r["task_type"] in task_types]
     return sorted(rows, key=lambda r: r["sample_id"])

@@ -34,6 +34,8 @@ from factory.paths import PROMPTS_DIR, models_dir
 log = logging.getLogger(__name__)
 
 TINY_MODELS = ("tiny-r1", "tiny-qwen", "tiny-llama")
+# Models for one task, built on their own (they take longer than the tiny set): name -> builder.
+TASK_MODELS = ("tiny-teacher-arith",)
 BUILD_VERSION = 4  # bump when the recipe for tiny models changes, so old builds are rebuilt
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 THINK_TOKENS = ["<think>", "</think>"]
@@ -78,7 +80,7 @@ class TinyModelSpec:
 
 def resolve_model(name_or_path: str, *, build: bool = True) -> str:
     """A loadable model reference: tiny names become built local dirs; other names pass through."""
-    if name_or_path in TINY_MODELS:
+    if name_or_path in TINY_MODELS or name_or_path in TASK_MODELS:
         return str(ensure_model(name_or_path) if build else models_dir() / name_or_path)
     path = Path(name_or_path).expanduser()
     if path.exists():
@@ -107,8 +109,12 @@ def ensure_model(name: str, *, seed: int = 0) -> Path:
     with open(models_dir() / ".build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not _is_current(target):
-            log.info("building tiny models into %s (first use; about two minutes on 2 CPU cores)", models_dir())
-            build_tiny_models(models_dir(), seed=seed)
+            if name in TASK_MODELS:
+                log.info("building %s into %s (first use; a few minutes on 2 CPU cores)", name, models_dir())
+                build_arith_teacher(target, seed=seed)
+            else:
+                log.info("building tiny models into %s (first use; about two minutes on 2 CPU cores)", models_dir())
+                build_tiny_models(models_dir(), seed=seed)
     return target
 
 
@@ -258,11 +264,18 @@ def _plain_chat_example(rng: random.Random) -> SyntheticExample:
 
 def teach_r1_format(model, tokenizer, *, steps: int, seed: int, batch_size: int = 16, lr: float = 4e-3) -> list[float]:
     """A short CPU training so the tiny teacher writes `<think>…</think>` then a boxed answer."""
+    rng = random.Random(seed + 1)
+    examples = synthetic_reasoning_examples(steps * batch_size // 4, rng)
+    return train_on_examples(model, tokenizer, examples, steps=steps, seed=seed, batch_size=batch_size, lr=lr, rng=rng)
+
+
+def train_on_examples(model, tokenizer, examples: list[SyntheticExample], *, steps: int, seed: int, batch_size: int = 16,
+                      lr: float = 4e-3, rng: random.Random | None = None) -> list[float]:
+    """Plain next-token training on the assistant turns of `examples` (one-cycle LR, AdamW)."""
     import torch
 
     torch.manual_seed(seed)
-    rng = random.Random(seed + 1)
-    examples = synthetic_reasoning_examples(steps * batch_size // 4, rng)
+    rng = rng or random.Random(seed + 1)
     encoded = [_encode_example(tokenizer, ex) for ex in examples]
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
@@ -307,6 +320,49 @@ def _collate(batch, pad_id: int):
         labels[row, : len(labs)] = torch.tensor(labs)
         attention[row, : len(ids)] = 1
     return input_ids, labels, attention
+
+
+def build_task_models(names: list[str], out_dir: Path, *, seed: int = 0, force: bool = False) -> dict[str, Path]:
+    """Build the named task models (see TASK_MODELS) that are missing or stale, or all named with `force`."""
+    unknown = [n for n in names if n not in TASK_MODELS]
+    if unknown:
+        raise FactoryError(f"model '{unknown[0]}': not a task model; expected one of {', '.join(TASK_MODELS)}")
+    paths = {}
+    for name in names:
+        target = out_dir / name
+        if force or not _is_current(target):
+            build_arith_teacher(target, seed=seed)
+        paths[name] = target
+    return paths
+
+
+# ---------------------------------------------------------------- the arithmetic teacher
+ARITH_TEACHER_STEPS = 400
+
+
+def build_arith_teacher(target: Path, *, seed: int = 0, steps: int = ARITH_TEACHER_STEPS, problems: int = 3000) -> Path:
+    """`tiny-teacher-arith`: a 2-layer Qwen2 taught the two-step word problems of `factory.tasks`
+    from chains that are imperfect on purpose (`tasks.TEACHER_FLAWS`), so that its samples carry
+    wrong answers, mixed-language and looping chains, missing answer formats and unclosed reasoning.
+
+    It learns from the task's *train* computations of split seed 0 only: the curation experiment's
+    held-out split (same seed) stays unseen by the teacher.
+    """
+    from factory import tasks
+    from factory.evaluate import MATH_INSTRUCTION
+
+    tokenizer = build_tokenizer(seed=seed)
+    train, _ = tasks.problem_splits(tasks.SPLIT_SEED, problems, tasks.HELDOUT_SIZE)
+    rng = random.Random(seed + 7)
+    examples = [SyntheticExample(None, chat.user, chat.assistant)
+                for chat, _ in tasks.teacher_examples(train, rng, MATH_INSTRUCTION)]
+    model = _new_model("qwen2", tokenizer, TinyModelSpec(), seed=seed)
+    losses = train_on_examples(model, tokenizer, examples, steps=steps, seed=seed, lr=4e-3)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _save_atomically(target, model, tokenizer, {"arch": "qwen2", "trained": True, "task": "arith", "steps": steps, "seed": seed,
+                                                "flaws": tasks.TEACHER_FLAWS, "final_loss": losses[-1]})
+    log.info("built %s (loss %.3f -> %.3f)", target, losses[0], losses[-1])
+    return target
 
 
 # ---------------------------------------------------------------- building and saving

@@ -186,6 +186,14 @@ class OutputConfig(Strict):
     dataset: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
 
 
+class LineageConfig(Strict):
+    """Where this run's teacher came from, when it is a student of an earlier run (R1's rl_1 rounds)."""
+
+    generation: int = Field(default=1, ge=1)  # 1: the teacher is not a student of ours
+    parent_run: str | None = None  # the run whose curated samples trained the teacher
+    parent_dataset: str | None = None  # the mix the teacher was distilled on
+
+
 class GenerateRecipe(Strict):
     kind: Literal["generate"] = "generate"
     name: str
@@ -200,6 +208,7 @@ class GenerateRecipe(Strict):
     filters: list[dict[str, Any]] = Field(default_factory=lambda: [{"step": "format"}])
     selection: SelectionConfig = SelectionConfig()
     output: OutputConfig
+    lineage: LineageConfig | None = None
 
     @model_validator(mode="after")
     def _needs_prompts(self) -> "GenerateRecipe":
@@ -213,6 +222,7 @@ class MixComponent(Strict):
     run: str
     quota: int = Field(ge=0)  # samples at paper scale; scaled by `scale`
     task_types: list[str] | None = None
+    curated: bool = True  # false: the run's raw samples, every verdict ignored (a no-curation baseline)
 
 
 class MixRecipe(Strict):
@@ -355,6 +365,7 @@ def recipe_hash(recipe: Recipe) -> str:
         data.pop("filters", None)
         data.pop("selection", None)
         data.pop("generation", None)
+        data.pop("lineage", None)  # records where the teacher came from; the teacher's own model is hashed
         teacher = data["teacher"]
         for knob in ("concurrency", "timeout_s", "max_retries", "backoff_base_s", "backoff_max_s", "endpoints", "api_key_env", "prices",
                      "max_n", "balance", "failover_after", "cooldown_s", "connect_timeout_s", "use_n"):
