@@ -12,7 +12,7 @@ wording: the split is by the underlying computation).
 
 The teacher's training data is imperfect on purpose, in the ways real teachers are
 (:data:`TEACHER_FLAWS`): wrong answers from a systematic slip, chains that switch
-language, chains that loop, answers without ``\\boxed{}``, reasoning that never
+language, chains that loop, reasoning with no answer after it, reasoning that never
 closes ``</think>``. Sampling the trained teacher n times per prompt adds the
 near-duplicates. So every shipped filter has real work.
 """
@@ -43,7 +43,7 @@ TEACHER_FLAWS: dict[str, float] = {
     "wrong_answer": 0.30,  # a sign slip in step 2: a consistent, plausible error, as real teachers make
     "mixed_language": 0.06,  # the chain switches to Chinese
     "loop": 0.06,  # the chain repeats its check line
-    "no_box": 0.06,  # the answer without \boxed{}
+    "no_answer": 0.06,  # the reasoning closes and no answer follows
     "unclosed_think": 0.04,  # reasoning never closes </think>
 }
 
@@ -148,8 +148,8 @@ def flawed_chain(p: ArithProblem, flaw: str | None) -> str:
     elif flaw == "loop":
         check = f"Wait, let me check {p.steps[1]} once more."
         reasoning = reasoning + "\n" + "\n".join([check] * 8)
-    elif flaw == "no_box":
-        answer = f"The answer is {p.answer}."
+    elif flaw == "no_answer":
+        return f"<think>\n{reasoning}\n</think>"
     elif flaw == "unclosed_think":
         return f"<think>\n{reasoning}\n{answer}"
     return f"<think>\n{reasoning}\n</think>\n\n{answer}"
