@@ -61,7 +61,7 @@ class CurationSettings(BaseModel):
     teacher: str = "tiny-teacher-arith"
     student_recipe: str = STUDENT_RECIPE
     generate_recipe: str = GENERATE_RECIPE
-    steps: int = Field(default=150, ge=1)  # distillation steps of every arm
+    steps: int = Field(default=80, ge=1)  # distillation steps of every arm
     eval_k: int = Field(default=4, ge=1)
     eval_temperature: float = Field(default=0.6, ge=0)
     generations: int = Field(default=2, ge=1)

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 TINY_MODELS = ("tiny-r1", "tiny-qwen", "tiny-llama")
 # Models for one task, built on their own (they take longer than the tiny set): name -> builder.
-TASK_MODELS = ("tiny-teacher-arith",)
+TASK_MODELS = ("tiny-base-arith", "tiny-teacher-arith")  # built together by build_arith_models
 BUILD_VERSION = 4  # bump when the recipe for tiny models changes, so old builds are rebuilt
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 THINK_TOKENS = ["<think>", "</think>"]
@@ -111,7 +111,7 @@ def ensure_model(name: str, *, seed: int = 0) -> Path:
         if not _is_current(target):
             if name in TASK_MODELS:
                 log.info("building %s into %s (first use; a few minutes on 2 CPU cores)", name, models_dir())
-                build_arith_teacher(target, seed=seed)
+                build_arith_models(models_dir(), seed=seed)
             else:
                 log.info("building tiny models into %s (first use; about two minutes on 2 CPU cores)", models_dir())
                 build_tiny_models(models_dir(), seed=seed)
@@ -327,26 +327,27 @@ def build_task_models(names: list[str], out_dir: Path, *, seed: int = 0, force: 
     unknown = [n for n in names if n not in TASK_MODELS]
     if unknown:
         raise FactoryError(f"model '{unknown[0]}': not a task model; expected one of {', '.join(TASK_MODELS)}")
-    paths = {}
-    for name in names:
-        target = out_dir / name
-        if force or not _is_current(target):
-            build_arith_teacher(target, seed=seed)
-        paths[name] = target
-    return paths
+    if names and (force or not all(_is_current(out_dir / n) for n in TASK_MODELS)):
+        build_arith_models(out_dir, seed=seed)
+    return {name: out_dir / name for name in names}
 
 
-# ---------------------------------------------------------------- the arithmetic teacher
-ARITH_TEACHER_STEPS = 400
+# ---------------------------------------------------------------- the arithmetic base and teacher
+ARITH_BASE_STEPS = 200
+ARITH_TEACHER_STEPS = 200
 
 
-def build_arith_teacher(target: Path, *, seed: int = 0, steps: int = ARITH_TEACHER_STEPS, problems: int = 3000) -> Path:
-    """`tiny-teacher-arith`: a 2-layer Qwen2 taught the two-step word problems of `factory.tasks`
-    from chains that are imperfect on purpose (`tasks.TEACHER_FLAWS`), so that its samples carry
-    wrong answers, mixed-language and looping chains, missing answer formats and unclosed reasoning.
+def build_arith_models(out_dir: Path, *, seed: int = 0, base_steps: int = ARITH_BASE_STEPS,
+                       teacher_steps: int = ARITH_TEACHER_STEPS, problems: int = 3000) -> dict[str, Path]:
+    """`tiny-base-arith` and `tiny-teacher-arith`, 2-layer Qwen2 models for `factory.tasks`' word problems.
 
-    It learns from the task's *train* computations of split seed 0 only: the curation experiment's
-    held-out split (same seed) stays unseen by the teacher.
+    The base is "pretrained" on clean chains of bare expressions ("What is 7 + 5 - 3?"): it knows
+    the arithmetic and the `<think>`/boxed format but has never seen a word problem — the student
+    of `factory experiment curation` starts from it, as R1's students start from a math-pretrained
+    base. The teacher continues from the base on word problems and expressions whose chains are
+    imperfect on purpose (`tasks.TEACHER_FLAWS`): wrong answers, mixed-language and looping chains,
+    missing answers, unclosed reasoning. Both learn from the *train* computations of split seed 0
+    only, so the experiment's held-out split stays unseen.
     """
     from factory import tasks
     from factory.evaluate import MATH_INSTRUCTION
@@ -354,15 +355,22 @@ def build_arith_teacher(target: Path, *, seed: int = 0, steps: int = ARITH_TEACH
     tokenizer = build_tokenizer(seed=seed)
     train, _ = tasks.problem_splits(tasks.SPLIT_SEED, problems, tasks.HELDOUT_SIZE)
     rng = random.Random(seed + 7)
-    examples = [SyntheticExample(None, chat.user, chat.assistant)
-                for chat, _ in tasks.teacher_examples(train, rng, MATH_INSTRUCTION)]
+    clean = [SyntheticExample(None, f"{q.problem}\n\n{MATH_INSTRUCTION}", tasks.flawed_chain(q, None))
+             for q in (tasks.expression_form(p) for p in train)]
     model = _new_model("qwen2", tokenizer, TinyModelSpec(), seed=seed)
-    losses = train_on_examples(model, tokenizer, examples, steps=steps, seed=seed, lr=4e-3)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _save_atomically(target, model, tokenizer, {"arch": "qwen2", "trained": True, "task": "arith", "steps": steps, "seed": seed,
-                                                "flaws": tasks.TEACHER_FLAWS, "final_loss": losses[-1]})
-    log.info("built %s (loss %.3f -> %.3f)", target, losses[0], losses[-1])
-    return target
+    base_losses = train_on_examples(model, tokenizer, clean, steps=base_steps, seed=seed, lr=4e-3, rng=rng)
+    paths = {"tiny-base-arith": out_dir / "tiny-base-arith", "tiny-teacher-arith": out_dir / "tiny-teacher-arith"}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _save_atomically(paths["tiny-base-arith"], model, tokenizer, {"arch": "qwen2", "trained": True, "task": "arith-expressions",
+                                                                   "steps": base_steps, "seed": seed, "final_loss": base_losses[-1]})
+    flawed = [SyntheticExample(None, chat.user, chat.assistant) for chat, _ in tasks.teacher_examples(train, rng, MATH_INSTRUCTION)]
+    losses = train_on_examples(model, tokenizer, flawed, steps=teacher_steps, seed=seed + 1, lr=3e-3, rng=rng)
+    _save_atomically(paths["tiny-teacher-arith"], model, tokenizer, {"arch": "qwen2", "trained": True, "task": "arith", "base": "tiny-base-arith",
+                                                                      "steps": base_steps + teacher_steps, "seed": seed, "flaws": tasks.TEACHER_FLAWS,
+                                                                      "final_loss": losses[-1]})
+    log.info("built tiny-base-arith (loss %.3f -> %.3f) and tiny-teacher-arith (loss %.3f -> %.3f) in %s",
+             base_losses[0], base_losses[-1], losses[0], losses[-1], out_dir)
+    return paths
 
 
 # ---------------------------------------------------------------- building and saving

@@ -116,6 +116,12 @@ def problem_splits(seed: int, train: int, heldout: int, max_value: int = 9) -> t
     return splits[1], splits[0]
 
 
+def expression_form(p: ArithProblem) -> ArithProblem:
+    """The bare computation of a problem ("What is 7 + 5 - 3?"): what the student base is pretrained on."""
+    a, b, c, o1, o2 = p.key
+    return ArithProblem(p.id, EXPR_TEMPLATE.format(a=a, b=b, c=c, o1=o1, o2=o2), p.answer, p.steps, p.key)
+
+
 def write_jsonl(problems: list[ArithProblem], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as handle:
