@@ -57,7 +57,8 @@ class CurationSettings(BaseModel):
     heldout: int = Field(default=tasks.HELDOUT_SIZE, ge=1, le=tasks.HELDOUT_SIZE)
     leaked: int = Field(default=6, ge=0, le=100)  # GSM8K test problems mixed into the prompt pool
     n: int = Field(default=4, ge=1)  # teacher samples per prompt
-    max_new_tokens: int = Field(default=64, ge=8)
+    max_new_tokens: int = Field(default=192, ge=8)  # teacher; a looping chain needs ~150 to show its loop
+    eval_max_new_tokens: int = Field(default=96, ge=8)  # a right chain is ~30 tokens
     teacher: str = "tiny-teacher-arith"
     student_recipe: str = STUDENT_RECIPE
     generate_recipe: str = GENERATE_RECIPE
@@ -66,6 +67,7 @@ class CurationSettings(BaseModel):
     eval_temperature: float = Field(default=0.6, ge=0)
     generations: int = Field(default=2, ge=1)
     ablate: bool = False
+    workers: int = Field(default=1, ge=1)  # seeds run in parallel processes
 
 
 @dataclass
@@ -106,10 +108,10 @@ class CurationReport:
     name: str
     settings: dict[str, Any]
     rounds: list[Round]
-    teacher_heldout: dict[str, Any] | None
+    references: dict[str, dict[str, Any]]  # the first teacher and the student base on the held-out split
     summary: dict[str, Any]
     wall_seconds: float
-    cpu_seconds: float
+    cpu_seconds: float  # this process and its seed workers (torch threads included)
     report_path: str = ""
     card_path: str = ""
 
@@ -126,30 +128,58 @@ def run_curation(settings: CurationSettings) -> CurationReport:
     home = factory_home() / "experiments" / settings.name
     home.mkdir(parents=True, exist_ok=True)
     train_path, heldout_path = _write_splits(settings, home)
-    rounds: list[Round] = []
-    for seed in settings.seeds:
-        parent: Round | None = None
-        for generation in range(1, settings.generations + 1):
-            teacher = settings.teacher if parent is None else _arm(parent, "curated").student
-            round_ = _generate_and_curate(settings, home, train_path, seed, generation, teacher, parent)
-            arms = ["curated", "raw"] if generation == 1 else ["curated"]
-            for arm in arms:
-                round_.arms.append(_train_and_eval(settings, home, heldout_path, round_, arm))
-            if generation == 1 and settings.ablate:
-                for step in _filter_steps(settings):
-                    round_.arms.append(_ablation_arm(settings, home, heldout_path, round_, step))
-            rounds.append(round_)
-            parent = round_
-    teacher_eval = run_eval(settings.teacher, str(heldout_path), k=settings.eval_k, temperature=settings.eval_temperature,
-                            max_new_tokens=settings.max_new_tokens, seed=0, output_name=f"{settings.name}-teacher",
-                            system_prompt=None)
-    teacher_heldout = {"pass_at_1": teacher_eval.pass_at_1, "pass_at_k": teacher_eval.pass_at_k}
-    report = CurationReport(settings.name, settings.model_dump(mode="json"), rounds, teacher_heldout, summarize(rounds),
-                            time.perf_counter() - wall, time.process_time() - cpu)
+    chains = [(settings, home, train_path, heldout_path, seed) for seed in settings.seeds]
+    if settings.workers > 1 and len(chains) > 1:
+        # Seeds are independent chains (their own runs, datasets and students): one process each.
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=min(settings.workers, len(chains)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(_seed_chain_in_worker, chains))
+        per_seed = [rounds_ for rounds_, _ in results]
+        worker_cpu = sum(seconds for _, seconds in results)
+    else:
+        per_seed = [_seed_chain(*chain) for chain in chains]
+        worker_cpu = 0.0
+    rounds = [r for chain in per_seed for r in chain]
+    references = {}
+    for role, model in (("teacher", settings.teacher), ("student base", _student_base(settings))):
+        evaluated = run_eval(model, str(heldout_path), k=settings.eval_k, temperature=settings.eval_temperature,
+                             max_new_tokens=settings.eval_max_new_tokens, seed=0, output_name=f"{settings.name}-{role.replace(' ', '-')}",
+                             system_prompt=None)
+        references[role] = {"model": model, "pass_at_1": evaluated.pass_at_1, "pass_at_k": evaluated.pass_at_k}
+    report = CurationReport(settings.name, settings.model_dump(mode="json"), rounds, references, summarize(rounds),
+                            time.perf_counter() - wall, time.process_time() - cpu + worker_cpu)
     report.report_path = str(home / "report.json")
     write_json_atomically(report.to_dict(), home / "report.json")
     report.card_path = str(write_card(report, home))
     return report
+
+
+def _seed_chain(settings: CurationSettings, home: Path, train_path: Path, heldout_path: Path, seed: int) -> list[Round]:
+    """Every generation of one seed: generate → curate → distill A (and B in generation 1) → eval."""
+    rounds: list[Round] = []
+    parent: Round | None = None
+    for generation in range(1, settings.generations + 1):
+        teacher = settings.teacher if parent is None else _arm(parent, "curated").student
+        round_ = _generate_and_curate(settings, home, train_path, seed, generation, teacher, parent)
+        for arm in ["curated", "raw"] if generation == 1 else ["curated"]:
+            round_.arms.append(_train_and_eval(settings, home, heldout_path, round_, arm))
+        if generation == 1 and settings.ablate:
+            for step in _filter_steps(settings):
+                round_.arms.append(_ablation_arm(settings, home, heldout_path, round_, step))
+        rounds.append(round_)
+        parent = round_
+    return rounds
+
+
+def _seed_chain_in_worker(args: tuple) -> tuple[list[Round], float]:
+    import torch
+
+    # Several workers share the cores: one intra-op thread each avoids oversubscription.
+    torch.set_num_threads(1)
+    started = time.process_time()
+    return _seed_chain(*args), time.process_time() - started
 
 
 # ---------------------------------------------------------------- data
@@ -177,6 +207,12 @@ def _leaked_benchmark_rows(count: int) -> list[dict[str, Any]]:
             item = json.loads(line)
             rows.append({"id": f"leak-{item['id']}", "problem": item["problem"], "answer": str(item["answer"]), "task_type": "math"})
     return rows
+
+
+def _student_base(settings: CurationSettings) -> str:
+    from factory.recipe import load_recipe
+
+    return load_recipe(settings.student_recipe, subdir="students").model
 
 
 def _filter_steps(settings: CurationSettings) -> list[str]:
@@ -268,7 +304,7 @@ def _train_and_eval(settings: CurationSettings, home: Path, heldout_path: Path, 
     out_dir = home / "students" / dataset
     distilled = run_distill(student, data=dataset, output_dir=out_dir, max_steps=settings.steps, progress=False)
     evaluated = run_eval(str(out_dir), str(heldout_path), k=settings.eval_k, temperature=settings.eval_temperature,
-                         max_new_tokens=settings.max_new_tokens, seed=round_.seed, output_name=dataset, system_prompt=None)
+                         max_new_tokens=settings.eval_max_new_tokens, seed=round_.seed, output_name=dataset, system_prompt=None)
     log.info("%s: %d samples → pass@1 %.3f", dataset, samples, evaluated.pass_at_1)
     return Arm(arm=arm, seed=round_.seed, generation=round_.generation, dataset=dataset, samples=samples, student=str(out_dir),
                pass_at_1=evaluated.pass_at_1, pass_at_k=evaluated.pass_at_k, train_seconds=distilled.train_seconds,
@@ -402,7 +438,8 @@ def write_card(report: CurationReport, home: Path) -> Path:
         "## Per seed and generation",
         "",
         markdown_table(round_table(report)),
-        f"Teacher on the held-out split: pass@1 {report.teacher_heldout['pass_at_1']:.3f}." if report.teacher_heldout else "",
+        "Held-out pass@1 of the references: " + "; ".join(f"{role} `{ref['model']}` {ref['pass_at_1']:.3f}"
+                                                         for role, ref in report.references.items()) + ".",
         "",
         "## Curated (A) vs raw (B), generation 1",
         "",
