@@ -269,7 +269,7 @@ def _dataset(run: str, arm: str) -> str:
     return f"{run}-{arm}"
 
 
-def _mix(home: Path, run: str, arm: str, *, seed: int, quota: int | None, curated: bool) -> tuple[str, int]:
+def _mix(home: Path, run: str, arm: str, *, seed: int, quota: int, curated: bool) -> tuple[str, int]:
     """A mix recipe file for one arm, built by `run_mix` (the stage's own entry point)."""
     from factory.mix import run_mix
 
@@ -277,7 +277,7 @@ def _mix(home: Path, run: str, arm: str, *, seed: int, quota: int | None, curate
     recipe = {
         "kind": "mix", "name": dataset, "seed": seed, "scale": 1.0, "stratify_by": ["source"],
         "description": f"arm '{arm}' of the curation experiment on run {run}",
-        "components": [{"run": run, "quota": quota if quota is not None else 10**9, "curated": curated}],
+        "components": [{"run": run, "quota": quota, "curated": curated}],
         "output": {"dataset": dataset},
     }
     path = home / "recipes" / f"{dataset}.yaml"
@@ -299,7 +299,10 @@ def _train_and_eval(settings: CurationSettings, home: Path, heldout_path: Path, 
         curated = _arm(round_, "curated").samples
         dataset, samples = _mix(home, run, arm, seed=round_.seed, quota=curated, curated=False)
     else:
-        dataset, samples = _mix(home, run, arm, seed=round_.seed, quota=None, curated=True)
+        from factory.filter import read_accepted_ids
+
+        accepted = len(read_accepted_ids(RunStore.for_dataset(run)))
+        dataset, samples = _mix(home, run, arm, seed=round_.seed, quota=accepted, curated=True)
     student = load_recipe(settings.student_recipe, [f"seed={round_.seed}"], subdir="students")
     out_dir = home / "students" / dataset
     distilled = run_distill(student, data=dataset, output_dir=out_dir, max_steps=settings.steps, progress=False)
