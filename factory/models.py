@@ -334,7 +334,7 @@ def build_task_models(names: list[str], out_dir: Path, *, seed: int = 0, force: 
 
 # ---------------------------------------------------------------- the arithmetic base and teacher
 ARITH_BASE_STEPS = 200
-ARITH_TEACHER_STEPS = 200
+ARITH_TEACHER_STEPS = 100
 
 
 def build_arith_models(out_dir: Path, *, seed: int = 0, base_steps: int = ARITH_BASE_STEPS,
@@ -352,17 +352,25 @@ def build_arith_models(out_dir: Path, *, seed: int = 0, base_steps: int = ARITH_
     from factory import tasks
     from factory.evaluate import MATH_INSTRUCTION
 
-    tokenizer = build_tokenizer(seed=seed)
     train, _ = tasks.problem_splits(tasks.SPLIT_SEED, problems, tasks.HELDOUT_SIZE)
-    rng = random.Random(seed + 7)
-    clean = [SyntheticExample(None, f"{q.problem}\n\n{MATH_INSTRUCTION}", tasks.flawed_chain(q, None))
-             for q in (tasks.expression_form(p) for p in train)]
-    model = _new_model("qwen2", tokenizer, TinyModelSpec(), seed=seed)
-    base_losses = train_on_examples(model, tokenizer, clean, steps=base_steps, seed=seed, lr=4e-3, rng=rng)
     paths = {"tiny-base-arith": out_dir / "tiny-base-arith", "tiny-teacher-arith": out_dir / "tiny-teacher-arith"}
     out_dir.mkdir(parents=True, exist_ok=True)
-    _save_atomically(paths["tiny-base-arith"], model, tokenizer, {"arch": "qwen2", "trained": True, "task": "arith-expressions",
-                                                                   "steps": base_steps, "seed": seed, "final_loss": base_losses[-1]})
+    base_meta = {"arch": "qwen2", "trained": True, "task": "arith-expressions", "steps": base_steps, "seed": seed}
+    if _is_current(paths["tiny-base-arith"], base_meta):
+        # The base is the costlier half; a teacher rebuild (e.g. other flaws) starts from the saved one.
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(paths["tiny-base-arith"])
+        model = AutoModelForCausalLM.from_pretrained(paths["tiny-base-arith"])
+        base_losses = [float("nan")]
+    else:
+        tokenizer = build_tokenizer(seed=seed)
+        clean = [SyntheticExample(None, f"{q.problem}\n\n{MATH_INSTRUCTION}", tasks.flawed_chain(q, None))
+                 for q in (tasks.expression_form(p) for p in train)]
+        model = _new_model("qwen2", tokenizer, TinyModelSpec(), seed=seed)
+        base_losses = train_on_examples(model, tokenizer, clean, steps=base_steps, seed=seed, lr=4e-3, rng=random.Random(seed + 7))
+        _save_atomically(paths["tiny-base-arith"], model, tokenizer, {**base_meta, "final_loss": base_losses[-1]})
+    rng = random.Random(seed + 8)  # its own stream: the teacher is the same whether or not the base was rebuilt
     flawed = [SyntheticExample(None, chat.user, chat.assistant) for chat, _ in tasks.teacher_examples(train, rng, MATH_INSTRUCTION)]
     losses = train_on_examples(model, tokenizer, flawed, steps=teacher_steps, seed=seed + 1, lr=3e-3, rng=rng)
     _save_atomically(paths["tiny-teacher-arith"], model, tokenizer, {"arch": "qwen2", "trained": True, "task": "arith", "base": "tiny-base-arith",
@@ -416,11 +424,13 @@ def _save_atomically(target: Path, model, tokenizer, meta: dict) -> None:
     os.replace(tmp, target)
 
 
-def _is_current(path: Path) -> bool:
+def _is_current(path: Path, expected: dict | None = None) -> bool:
+    """Built by this BUILD_VERSION (and, when given, with these `expected` metadata values)."""
     meta = path / "factory_model.json"
     if not meta.exists():
         return False
     try:
-        return json.loads(meta.read_text()).get("build_version") == BUILD_VERSION
+        data = json.loads(meta.read_text())
     except (OSError, json.JSONDecodeError):
         return False
+    return data.get("build_version") == BUILD_VERSION and all(data.get(k) == v for k, v in (expected or {}).items())
