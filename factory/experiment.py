@@ -165,17 +165,27 @@ def _seed_chain(settings: CurationSettings, home: Path, train_path: Path, heldou
         round_ = _generate_and_curate(settings, home, train_path, seed, generation, teacher, parent)
         for arm in ["curated", "raw"] if generation == 1 else ["curated"]:
             round_.arms.append(_train_and_eval(settings, home, heldout_path, round_, arm))
+            _save_round(home, round_)
         if generation == 1 and settings.ablate:
             for step in _filter_steps(settings):
                 round_.arms.append(_ablation_arm(settings, home, heldout_path, round_, step))
+                _save_round(home, round_)
         rounds.append(round_)
         parent = round_
     return rounds
 
 
+def _save_round(home: Path, round_: Round) -> None:
+    """Each finished arm is on disk at once: a long experiment stopped midway keeps what it measured."""
+    write_json_atomically(asdict(round_), home / "rounds" / f"{round_.run}.json")
+
+
 def _seed_chain_in_worker(args: tuple) -> tuple[list[Round], float]:
     import torch
 
+    logging.basicConfig(level=logging.INFO, format="%(processName)s %(message)s")
+    for noisy in ("httpx", "urllib3", "datasets", "filelock", "transformers", "torch"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     # Several workers share the cores: one intra-op thread each avoids oversubscription.
     torch.set_num_threads(1)
     started = time.process_time()
