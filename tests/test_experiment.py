@@ -83,7 +83,7 @@ def test_reduced_experiment_end_to_end(factory_home: Path, arith_teacher: Path) 
         assert results.exists()
     # Every filter step of generation 1 rejected something.
     rejected = {s["step"]: s["rejected"] for s in first["funnel"]}
-    assert set(rejected) == {"decontam", "format", "language", "readability", "correctness", "dedup", "selection"}
+    assert set(rejected) == {"decontam", "readability", "format", "language", "correctness", "dedup", "selection"}
     assert all(n > 0 for step, n in rejected.items() if step != "selection"), rejected
     # Generation 2's teacher is generation 1's curated student, and its run records that in the store.
     assert second["teacher"] == curated["student"]
