@@ -219,15 +219,21 @@ def eval_(
 def sql(
     query: Annotated[str, typer.Argument(help="One read-only query over views samples, verdicts, verdicts_all, runs, mixes, evals.")],
     format: Annotated[str, typer.Option("--format", "-f", help="table | csv | json")] = "table",
+    out_file: Annotated[Path | None, typer.Option("--out", "-o", help="Write the result to FILE.parquet, .csv, .json or .jsonl instead.")] = None,
 ) -> None:
-    """Query the store with DuckDB (read-only).
+    """Query the store with DuckDB (read-only: SQL cannot write files; export with --out).
 
     Example: factory sql "SELECT step, passed, count(*) FROM verdicts GROUP BY ALL ORDER BY ALL"
+    Example: factory sql "SELECT * FROM samples WHERE run = 'cold_start'" --out cold_start.parquet
     """
-    from factory.sql import run_sql
+    from factory.sql import export_sql, run_sql
 
     if format not in ("table", "csv", "json"):
         raise FactoryError(f"--format: expected table, csv or json, got {format!r}")
+    if out_file is not None:
+        rows = export_sql(query, out_file)
+        err.print(f"{rows} rows written to {out_file}", markup=False, highlight=False)
+        return
     result = run_sql(query)
     if format == "json":
         sys.stdout.write(json.dumps(result.to_dicts(), default=str, ensure_ascii=False) + "\n")
