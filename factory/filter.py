@@ -487,6 +487,11 @@ def run_filter(
 ) -> FilterReport:
     """Apply a run's filter steps (or those of `recipe`), then per-prompt selection. Resumable, idempotent."""
     store = open_run(run)
+    with store.lock("filter"):
+        return _filter_run(store, recipe=recipe, only=only, recompute=recompute, progress=progress)
+
+
+def _filter_run(store: RunStore, *, recipe: str | None, only: Sequence[str] | None, recompute: bool, progress: bool) -> FilterReport:
     manifest = store.read_manifest()
     config = _filter_config(manifest, recipe)
     steps = build_steps(config.filters)

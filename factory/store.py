@@ -15,13 +15,17 @@ between the rename and the manifest update loses nothing.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
+import fcntl
 import hashlib
 import json
 import logging
 import os
+import socket
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,6 +175,49 @@ class RunStore:
     def exists(self) -> bool:
         return self.manifest_path.exists()
 
+    # ---------------------------------------------------------------- writer lock
+    @property
+    def lock_path(self) -> Path:
+        # Beside the run, not in it: a lock must not make a run directory that holds no run.
+        return self.root.parent / f".{self.name}.lock"
+
+    @contextlib.contextmanager
+    def lock(self, command: str) -> Iterator[None]:
+        """Hold this run's writer lock for the block; a second writer fails at once with one line naming the holder.
+
+        The kernel's flock is the lock, so a holder that dies (kill -9, power
+        cut) releases it with its process: a leftover lock file is stale by
+        construction and simply taken over. The file records host, pid,
+        command and start time so the refusal can say who holds the run. Not
+        re-entrant: take it once, in the stage's entry point.
+        """
+        path = self.lock_path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot create the run's lock file ({exc.strerror or exc}); "
+                             f"FACTORY_HOME must be a writable directory") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StoreError(f"run '{self.name}' is being written by {_describe_holder(_read_holder(fd))}; "
+                                 "wait for it to finish (or stop it) and run this again") from None
+            previous = _read_holder(fd)
+            if previous:
+                log.debug("run '%s': lock left by %s, which is gone; taking it over", self.name, _describe_holder(previous))
+            holder = {"host": socket.gethostname(), "pid": os.getpid(), "command": command, "since": utc_now().isoformat()}
+            _write_holder(fd, holder)
+            try:
+                yield
+            finally:
+                with contextlib.suppress(OSError):
+                    _write_holder(fd, {})
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
     # ---------------------------------------------------------------- manifest
     def read_manifest(self) -> dict[str, Any]:
         try:
@@ -266,6 +313,35 @@ class RunStore:
                 handle.write(json.dumps(row, default=str) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+    os.lseek(fd, 0, os.SEEK_SET)
+    raw = os.read(fd, 4096)
+    try:
+        holder = json.loads(raw) if raw.strip() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _write_holder(fd: int, holder: dict[str, Any]) -> None:
+    data = json.dumps(holder).encode() if holder else b""
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, data)
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # some filesystems cannot fsync; the holder record is informative only
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+
+
+def _describe_holder(holder: dict[str, Any]) -> str:
+    if not holder.get("pid"):
+        return "another process (it has not recorded itself yet)"
+    return (f"`factory {holder.get('command', '?')}` (pid {holder['pid']} on host {holder.get('host', '?')}, "
+            f"since {str(holder.get('since', '?'))[:19]})")
 
 
 def list_runs(base: Path | None = None) -> list[RunStore]:
