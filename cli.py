@@ -13,11 +13,42 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
-from factory.errors import FactoryError
+from factory.errors import FactoryError, environment_error
+from factory.text import escape_surrogates
+
+
+class OneLineUsageErrors(TyperGroup):
+    """A flag of the wrong type, an unknown option or a missing argument: one line and exit 2, like other bad input."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        if not kwargs.get("standalone_mode", True) or len(args) > 3:
+            return super().main(*args, **kwargs)
+        try:
+            result = super().main(*args, **{**kwargs, "standalone_mode": False})
+        except typer.Abort:
+            err.print("aborted", markup=False, highlight=False)
+            sys.exit(1)
+        except typer.TyperException as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError" or not isinstance(exc, _usage_error_class()):
+                exc.show()  # help asked for by giving no arguments, or a file error: click's own words
+                sys.exit(getattr(exc, "exit_code", 2))
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+            _print_error(FactoryError(exc.format_message().rstrip(".") + hint))
+            sys.exit(2)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+def _usage_error_class() -> type:
+    return typer.BadParameter.__mro__[1]  # typer's UsageError (its click is vendored and not re-exported)
+
 
 app = typer.Typer(
+    cls=OneLineUsageErrors,
     help="factory: R1-style data generation, filtering, mixing and distillation.\n\n"
     "Pipeline: sources → generate → store → filter → mix → distill → eval → cards.\n\n"
     "Start with `factory demo` (tiny local models, a few minutes on a CPU).",
@@ -43,13 +74,25 @@ def one_line_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except FactoryError as exc:
-            err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
+            _print_error(exc)
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:
+            error = environment_error(exc)
+            if error is None:
+                raise
+            _print_error(error)
+            raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt:
             err.print("interrupted; completed work is kept, run the same command to resume")
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _print_error(exc: FactoryError) -> None:
+    # The message may quote data or an OS message: no markup in it, lone surrogates escaped, one line.
+    message = " ".join(escape_surrogates(str(exc)).split("\n"))
+    err.print("[red]error:[/red] " + escape(message), markup=True, highlight=False, soft_wrap=True)
 
 
 @app.callback()

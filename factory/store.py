@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 
 from factory.errors import StoreError
 from factory.paths import runs_dir
+from factory.text import escape_surrogates_in
 
 log = logging.getLogger(__name__)
 
@@ -119,12 +120,24 @@ def write_parquet_atomically(table: pa.Table, target: Path) -> None:
 def write_json_atomically(data: Any, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
-    with open(tmp, "w") as handle:
-        json.dump(data, handle, indent=2, default=str)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, target)
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, default=str)  # ensure_ascii: a lone surrogate is written as \udxxx
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()  # a full disk leaves the old file and no temp file behind
     _fsync_dir(target.parent)
+
+
+def _to_table(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Rows → Arrow; text with lone surrogates (from a model or a program) is escaped rather than failing the write."""
+    try:
+        return pa.Table.from_pylist(list(rows), schema=schema)
+    except UnicodeEncodeError:
+        return pa.Table.from_pylist([escape_surrogates_in(row) for row in rows], schema=schema)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -247,7 +260,7 @@ class RunStore:
         """Write one new shard of samples; returns its path (None when `rows` is empty)."""
         if not rows:
             return None
-        table = pa.Table.from_pylist(list(rows), schema=SAMPLE_SCHEMA)
+        table = _to_table(rows, SAMPLE_SCHEMA)
         target = self.samples_dir / _shard_name(self.next_sequence(self.samples_dir))
         write_parquet_atomically(table, target)
         return target
@@ -279,7 +292,7 @@ class RunStore:
     def append_verdicts(self, step: str, rows: Sequence[dict[str, Any]]) -> Path | None:
         if not rows:
             return None
-        table = pa.Table.from_pylist(list(rows), schema=VERDICT_SCHEMA)
+        table = _to_table(rows, VERDICT_SCHEMA)
         directory = self.verdict_dir(step)
         target = directory / _shard_name(self.next_sequence(directory))
         write_parquet_atomically(table, target)
@@ -306,13 +319,19 @@ class RunStore:
 
     # ---------------------------------------------------------------- errors
     def log_errors(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Append failed requests to errors.jsonl; a failed append (disk full) leaves the file as it was."""
         if not rows:
             return
-        with open(self.root / "errors.jsonl", "a") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, default=str) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        text = "".join(json.dumps(row, default=str) + "\n" for row in rows)  # ASCII: surrogates are escaped
+        with open(self.root / "errors.jsonl", "a", encoding="utf-8") as handle:
+            size = handle.tell()
+            try:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            except OSError:
+                handle.truncate(size)  # no half line for a reader to trip on
+                raise
 
 
 def _read_holder(fd: int) -> dict[str, Any]:
