@@ -210,7 +210,7 @@ def distill(
     data: Annotated[str | None, typer.Option("--data", help="Training set: a mixed dataset name or a Parquet/JSONL path.")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output model dir.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")] = False,
-    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after this many optimizer steps.")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, help="Stop after this many optimizer steps.")] = None,
     overrides: Annotated[list[str] | None, typer.Argument(help="Dotted overrides, e.g. learning_rate=3e-4.")] = None,
     quiet: Quiet = False,
 ) -> None:
@@ -315,8 +315,8 @@ def card(
 @app.command()
 @one_line_errors
 def demo(
-    prompts: Annotated[int, typer.Option("--prompts", help="Arithmetic prompts to generate for.")] = 64,
-    steps: Annotated[int, typer.Option("--steps", help="Distillation steps.")] = 30,
+    prompts: Annotated[int, typer.Option("--prompts", min=1, help="Arithmetic prompts to generate for.")] = 64,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Distillation steps.")] = 30,
     quiet: Quiet = False,
 ) -> None:
     """generate → filter → mix → distill → sql on the tiny local models (a few minutes on a CPU).

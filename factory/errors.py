@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import os
+import re
 
 
 class FactoryError(Exception):
@@ -33,15 +35,19 @@ ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.E
 
 def environment_error(exc: OSError) -> FactoryError | None:
     """A FactoryError naming the file and what to do for disk-full / read-only / permission errors; None for others."""
-    if exc.errno not in ENVIRONMENT_ERRNOS:
+    code = exc.errno
+    if code is None:  # pyarrow's file system raises OSError("... [Errno 28] No space left on device") without errno
+        match = re.search(r"\[errno (\d+)\]", str(exc), re.IGNORECASE)
+        code = int(match.group(1)) if match else None
+    if code not in ENVIRONMENT_ERRNOS:
         return None
-    where = exc.filename or "a file"
-    what = exc.strerror or str(exc)
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    where = f"{exc.filename}: " if exc.filename else ""
+    what = exc.strerror or os.strerror(code)
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         hint = "free space (or set FACTORY_HOME elsewhere) and run the same command again; completed work is kept"
     else:
         hint = "expected a writable location (FACTORY_HOME, --out); nothing was half-written"
-    return FactoryError(f"{where}: {what}; {hint}")
+    return FactoryError(f"{where}{what}; {hint}")
 
 
 class UsageError(FactoryError, ValueError):

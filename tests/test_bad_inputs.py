@@ -88,6 +88,8 @@ CASES = [
     Case("sql writes", ["sql", "COPY samples TO 'x.parquet'"], "read-only"),
     Case("mix missing recipe", ["mix", "--recipe", "no_such_mix"], "no_such_mix"),
     Case("mix wrong type override", ["mix", "scale=big"], "scale"),
+    Case("demo prompts 0", ["demo", "--prompts", "0"], "--prompts"),
+    Case("distill max-steps 0", ["distill", "--max-steps", "0"], "--max-steps"),
     Case("card unknown run", ["card", "--run", "nope"], "--run nope"),
     # ---- a read-only home: every writer says so in one line
     Case("generate read-only home", ["generate", "--recipe", "r.yaml"], "writable",
