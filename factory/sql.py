@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from factory.errors import FactoryError
 from factory.paths import factory_home
-from factory.store import SAMPLE_SCHEMA, VERDICT_SCHEMA, list_runs, visible_shards
+from factory.store import SAMPLE_SCHEMA, VERDICT_SCHEMA, RunStore, list_runs, visible_shards
 
 VIEWS = "samples, verdicts, verdicts_all, runs, mixes, evals"
 EXPORT_FORMATS = (".parquet", ".csv", ".json", ".jsonl")
@@ -53,7 +53,7 @@ def connect(home: Path | None = None) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     runs = list_runs(home / "runs")
     sample_files = [str(p) for r in runs for p in r.sample_shards()]
-    _samples_view(con, sample_files)
+    _samples_view(con, runs)
     verdict_files = [str(p) for r in runs for step in r.verdict_steps() for p in visible_shards(r.verdict_dir(step))]
     if verdict_files:
         con.execute(
@@ -86,23 +86,42 @@ def _lock_down(con: duckdb.DuckDBPyConnection, store_files: list[str]) -> None:
     con.execute("SET lock_configuration = true")
 
 
-def _samples_view(con: duckdb.DuckDBPyConnection, files: list[str]) -> None:
-    """One row per sample_id, even if a store (e.g. from two writers before runs were locked) holds it twice.
+def _samples_view(con: duckdb.DuckDBPyConnection, runs: list[RunStore]) -> None:
+    """One row per sample_id, even if a run (e.g. written by two writers before runs were locked) holds it twice.
 
-    The first written copy is kept. The duplicate check reads only three
-    columns; the rows themselves come from a semi-join, so a query that needs
-    a few columns still reads only those.
+    Hiding duplicates costs a pass over every sample_id, so it is paid only
+    for runs that may hold them: a run whose shards hold exactly as many rows
+    (Parquet footers) as its manifest counted distinct ids is read as is. In a
+    run that may hold duplicates the first written copy is kept (a window
+    partitioned by sample_id, so a filter on sample_id still prunes early).
     """
-    if not files:
-        _parquet_view(con, "samples", files, SAMPLE_SCHEMA)
+    clean, suspect = [], []
+    for run in runs:
+        shards = [str(p) for p in run.sample_shards()]
+        (clean if _holds_each_id_once(run, shards) else suspect).extend(shards)
+    if not clean and not suspect:
+        _parquet_view(con, "samples", [], SAMPLE_SCHEMA)
         return
-    scan = f"read_parquet({_sql_list(files)}, union_by_name=true, filename=true, file_row_number=true)"
-    con.execute(
-        f"CREATE VIEW samples AS WITH raw AS (SELECT * FROM {scan}), "
-        "first AS (SELECT min({'at': created_at, 'file': filename, 'row': file_row_number}) AS k FROM raw GROUP BY sample_id) "
-        "SELECT raw.* EXCLUDE (filename, file_row_number) FROM raw "
-        "SEMI JOIN first ON raw.filename = first.k.file AND raw.file_row_number = first.k.row"
-    )
+    parts = []
+    if clean:
+        parts.append(f"SELECT * FROM read_parquet({_sql_list(clean)}, union_by_name=true)")
+    if suspect:
+        scan = f"read_parquet({_sql_list(suspect)}, union_by_name=true, filename=true, file_row_number=true)"
+        parts.append(f"(SELECT * EXCLUDE (filename, file_row_number) FROM {scan} "
+                     "QUALIFY row_number() OVER (PARTITION BY sample_id ORDER BY created_at, filename, file_row_number) = 1)")
+    con.execute("CREATE VIEW samples AS " + " UNION ALL BY NAME ".join(parts))
+
+
+def _holds_each_id_once(run: RunStore, shards: list[str]) -> bool:
+    import pyarrow.parquet as pq
+
+    try:
+        counts = run.read_manifest().get("counts") or {}
+        rows = sum(pq.read_metadata(shard).num_rows for shard in shards)
+    except (FactoryError, OSError, pa.ArrowException):
+        return False
+    distinct = counts.get("unique_sample_ids", counts.get("samples"))  # replay imports count distinct ids as samples
+    return isinstance(distinct, int) and distinct == rows
 
 
 def run_sql(query: str, home: Path | None = None) -> QueryResult:
