@@ -15,6 +15,7 @@ ask sympy.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable
@@ -91,11 +92,16 @@ def _text(answer: Answer) -> str | None:
     return None
 
 
+# A left side that names a tuple of unknowns: "(x, y)", "(a,b,c)", "(x_1, \\theta)".
+_NAME = r"(?:[A-Za-z]|\\[a-zA-Z]+)(?:_\{?\w+\}?)?'*"
+_NAME_TUPLE = re.compile(r"[(\[]\s*%s(?:\s*,\s*%s)+\s*[)\]]" % (_NAME, _NAME))
+
+
 def _is_variable(expr: Expr) -> bool:
-    """``x``, ``y_1``, ``\\theta``, ``f(x)``: a left side that only names the answer."""
+    """``x``, ``y_1``, ``\\theta``, ``f(x)``, ``(x, y)``: a left side that only names the answer."""
     node = expr.node
     if node is None:
-        return False
+        return _NAME_TUPLE.fullmatch(expr.text.strip()) is not None
     if node[0] == "sym":
         return True
     return node[0] == "mul" and node[1][0] == "sym" and node[2][0] == "sym"

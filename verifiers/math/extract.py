@@ -12,10 +12,16 @@ whole response when there is none):
 1. the last ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces allowed);
 2. the last ``<answer>...</answer>``;
 3. the last GSM8K marker ``#### 42``;
-4. the last "the answer is ..." / "Answer: ...";
-5. the final line, when it is short enough to be an answer.
+4. the last "the answer is ..." / "Answer: ..." / "Final answer: **...**";
+5. the last answer line ``A: ...`` / ``Ans: ...``;
+6. the final line, when it is short enough to be an answer.
 
 Answers inside ``<think>`` are used only when the final section has none.
+That is the ``strict`` policy: only an explicit answer form counts. The
+``lenient`` policy (:func:`lenient_answer`) adds one fallback when strict finds
+nothing: the last math span, else the last number, of the last sentence that
+has one (looking back at most :data:`LENIENT_SENTENCES` sentences), as graders
+of free-form outputs do. Every :class:`Extraction` names the rule that found it.
 """
 
 from __future__ import annotations
@@ -42,11 +48,23 @@ MAX_FINAL_LINE_CHARS = 200
 # Within the final section of a thinking model, a short final line counts as the
 # final answer even when the reasoning holds a boxed one.
 SHORT_FINAL_LINE_CHARS = 40
+# Lenient fallback: sentences (from the end) searched for a number or math span,
+# within this many final characters.
+LENIENT_SENTENCES = 3
+LENIENT_WINDOW_CHARS = 2000
+# "A: 18" lines inspected from the end.
+MAX_ANSWER_LINE_CANDIDATES = 20
 # Chunk size for the case-insensitive backwards search.
 _SEARCH_CHUNK = 8192
 
 _BRACE = re.compile(r"\\[{}]|[{}]")
-_ANSWER_LEAD = re.compile(r"answer(?:\*\*|\s)*(?:is\b|:|=)(?:\*\*|\s|:)*", re.IGNORECASE)
+_ANSWER_LEAD = re.compile(r"answer[*_\s]*(?:is\b|:|=)[*_\s:]*", re.IGNORECASE)
+# "A: 18", "**A:** 18", "> Ans. 18" at the start of a line.
+# "A." alone is not enough: it starts option A of a multiple-choice list.
+_ANSWER_LINE = re.compile(r"[ \t>*_#-]*(?:A[*_ \t]*:|Ans\.?[*_ \t]*:|Ans\.)[*_ \t]*", re.IGNORECASE)
+# Lenient fallback: a number (thousands or decimal separators, a fraction bar) ...
+_NUMBER = re.compile(r"[-+]?(?:\d[\d,]*(?:\.\d+)?|\.\d+)(?:\s*/\s*\d+)?")
+_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
 _MATH_SEGMENT = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
 _SENTENCE_END = re.compile(r"\.(?:\s|$)|\n")
 _GSM8K_START = frozenset("-+$.0123456789\\")
@@ -80,8 +98,18 @@ def extract_answer(response: str) -> str | None:
     return found.answer
 
 
-def find_answer(response: str) -> Extraction | None:
-    """Like :func:`extract_answer`, but also says where the answer came from."""
+def find_answer(response: str, policy: str = "strict") -> Extraction | None:
+    """Like :func:`extract_answer`, but also says where (by which rule) the answer came from.
+
+    ``policy="lenient"`` adds the last-number/last-math-span fallback (module docstring).
+    """
+    found = _strict_answer(response)
+    if found is None and policy == "lenient":
+        return lenient_answer(response)
+    return found
+
+
+def _strict_answer(response: str) -> Extraction | None:
     close = response.rfind(THINK_CLOSE)
     if close < 0:
         return _marked_answer(response, 0, len(response)) or _final_line(
@@ -102,7 +130,97 @@ def _marked_answer(text: str, lo: int, hi: int) -> Extraction | None:
     boxed = last_boxed(text, lo, hi)
     if boxed is not None:
         return Extraction(clean_extracted(boxed), "boxed")
-    return _answer_tag(text, lo, hi) or _gsm8k_answer(text, lo, hi) or _answer_statement(text, lo, hi)
+    return (_answer_tag(text, lo, hi) or _gsm8k_answer(text, lo, hi) or _answer_statement(text, lo, hi)
+            or _answer_line(text, lo, hi))
+
+
+def final_section_start(response: str) -> int:
+    """Where the final section starts: after the last ``</think>``, else 0."""
+    close = response.rfind(THINK_CLOSE)
+    return 0 if close < 0 else close + len(THINK_CLOSE)
+
+
+def boxed_answers(text: str, lo: int = 0, hi: int | None = None, limit: int = MAX_BOX_CANDIDATES) -> list[str]:
+    """Contents of the last ``limit`` balanced ``\\boxed{...}`` in ``text[lo:hi]``, in text order."""
+    if hi is None:
+        hi = len(text)
+    found: list[str] = []
+    end = hi
+    for _ in range(2 * limit):
+        if len(found) >= limit:
+            break
+        boxed_at = text.rfind("\\boxed", lo, end)
+        fbox_at = text.rfind("\\fbox", lo, end)
+        pos = max(boxed_at, fbox_at)
+        if pos < 0:
+            break
+        name_len = len("\\boxed") if pos == boxed_at else len("\\fbox")
+        argument = _command_argument(text, pos + name_len, hi)
+        if argument is not None:
+            found.append(clean_extracted(argument[0]))
+        end = pos
+    found.reverse()
+    return found
+
+
+def _answer_line(text: str, lo: int, hi: int) -> Extraction | None:
+    """The last line that starts ``A:`` / ``Ans:`` (markdown allowed) in ``text[lo:hi]``."""
+    end = hi
+    for _ in range(MAX_ANSWER_LINE_CANDIDATES):
+        colon = max(text.rfind(":", lo, end), text.rfind(".", lo, end))
+        if colon < 0:
+            return None
+        line_start = max(lo, text.rfind("\n", lo, colon) + 1)
+        lead = _ANSWER_LINE.match(text, line_start, min(hi, colon + 8))
+        if lead is not None and lead.end() > colon:
+            line_end = text.find("\n", lead.end(), hi)
+            answer = _statement_payload(text[lead.end() : line_end if line_end >= 0 else hi])
+            if answer:
+                return Extraction(answer, "answer_line")
+        end = line_start - 1 if line_start > lo else lo
+        if end <= lo:
+            return None
+    return None
+
+
+def lenient_answer(response: str) -> Extraction | None:
+    """The last math span, else the last number, in the last sentence that has one."""
+    hi = _end_without_trailing_space(response, 0, len(response))
+    lo = max(final_section_start(response), hi - LENIENT_WINDOW_CHARS)
+    window = response[lo:hi]
+    spans = list(_MATH_SEGMENT.finditer(window))
+    bounds, start = [], 0
+    for gap in _SENTENCE_SPLIT.finditer(_mask_spans(window, spans)):
+        bounds.append((start, gap.start()))
+        start = gap.end()
+    bounds.append((start, len(window)))
+    bounds = [(a, b) for a, b in bounds if window[a:b].strip()]
+    for sentence_start, sentence_end in reversed(bounds[-LENIENT_SENTENCES:]):
+        inside = [m for m in spans if sentence_start <= m.start() and m.end() <= sentence_end]
+        if inside:
+            answer = clean_extracted(next(g for g in inside[-1].groups() if g is not None))
+            if answer:
+                return Extraction(answer, "last_math")
+        numbers = list(_NUMBER.finditer(window, sentence_start, sentence_end))
+        if numbers:
+            answer = clean_extracted(numbers[-1].group())
+            if answer:
+                return Extraction(answer, "last_number")
+    return None
+
+
+def _mask_spans(window: str, spans: list[re.Match[str]]) -> str:
+    """``window`` with math spans replaced by same-length filler, so that a period
+    inside ``$1.5$`` does not end a sentence (offsets stay valid)."""
+    if not spans:
+        return window
+    parts, last = [], 0
+    for match in spans:
+        parts.append(window[last : match.start()])
+        parts.append("\x00" * (match.end() - match.start()))
+        last = match.end()
+    parts.append(window[last:])
+    return "".join(parts)
 
 
 def last_boxed(text: str, lo: int = 0, hi: int | None = None) -> str | None:
@@ -285,6 +403,13 @@ def clean_extracted(answer: str) -> str:
         stripped = text.rstrip(".,;:").rstrip() if not text.endswith("...") else text
         if stripped != text:
             text = stripped
+            changed = True
+        # Markdown emphasis left at one end ("18**" after "Final answer: **").
+        unmarked = text.strip("*").strip() if text[:1] == "*" or text[-1:] == "*" else text
+        if len(unmarked) > 2 and unmarked[0] == "_" and unmarked[-1] == "_":
+            unmarked = unmarked.strip("_").strip()
+        if unmarked != text:
+            text = unmarked
             changed = True
         unboxed = _unwrap_box(text)
         if unboxed is not None:
