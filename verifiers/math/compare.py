@@ -112,6 +112,7 @@ def _equation(gold: Equation, answer: Answer) -> Decision:
         if (
             isinstance(gold.rhs, Expr) and isinstance(answer.rhs, Expr)
             and gold.lhs.node is not None and answer.lhs.node is not None
+            and gold.rhs.node is not None and answer.rhs.node is not None
         ):
             if gold.lhs.node == answer.lhs.node and _is_variable(gold.lhs):
                 return _same(gold.rhs, answer.rhs)

@@ -405,9 +405,8 @@ def clean_extracted(answer: str) -> str:
             text = stripped
             changed = True
         # Markdown emphasis left at one end ("18**" after "Final answer: **").
-        unmarked = text.strip("*").strip() if text[:1] == "*" or text[-1:] == "*" else text
-        if len(unmarked) > 2 and unmarked[0] == "_" and unmarked[-1] == "_":
-            unmarked = unmarked.strip("_").strip()
+        # An underscore can neither start nor end LaTeX: it is emphasis too.
+        unmarked = text.strip("*_").strip() if text[:1] in "*_" or text[-1:] in "*_" else text
         if unmarked != text:
             text = unmarked
             changed = True
