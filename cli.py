@@ -307,14 +307,17 @@ def verify_math(
     response: Annotated[str, typer.Option("--response", help="Response column.")] = "response",
     output: Annotated[Path | None, typer.Option("--out", help="Verdicts file (default: FILE.math_verdicts.jsonl).")] = None,
     workers: Annotated[int | None, typer.Option("--workers")] = None,
+    policy: Annotated[str, typer.Option("--policy", help="strict: only an explicit answer form counts; "
+                                        "lenient: also the last number/math span of the last sentence.")] = "strict",
 ) -> None:
     """Check responses against gold answers with the math verifier.
 
-    Example: factory verify math answers.jsonl --gold answer --response completion
+    Example: factory verify math answers.jsonl --gold answer --response completion --policy lenient
     """
     from factory.verify import verify_math_file
 
-    report = verify_math_file(path, gold_field=gold, response_field=response, out_path=output, workers=workers)
+    report = verify_math_file(path, gold_field=gold, response_field=response, out_path=output, workers=workers,
+                              policy=policy)
     out.print(_kv_table(f"verify math {path}", report))
 
 
