@@ -119,6 +119,7 @@ def find_program(response: str, prompt: str = "") -> tuple[str | None, str | Non
             continue  # a continuation of the prompt is an indented function body
         try:
             tree = ast.parse(prompt + program if attempt else program)
+            compile(tree, "<program>", "exec", dont_inherit=True)  # "return" outside a function fails here
         except (SyntaxError, ValueError):
             continue
         if not attempt and all(isinstance(node, ast.Expr) for node in tree.body):
