@@ -348,7 +348,7 @@ def verify_code(
 def dedup(
     path: Annotated[Path, typer.Argument(help="JSONL or Parquet file.")],
     field: Annotated[str, typer.Option("--field", help="Text column.")] = "text",
-    threshold: Annotated[float | None, typer.Option("--threshold", help="MinHash Jaccard threshold in (0, 1] (default 0.7).")] = None,
+    threshold: Annotated[float | None, typer.Option("--threshold", help="MinHash Jaccard threshold in (0, 1] (default 0.3 on word bigrams; higher for short texts).")] = None,
     num_perm: Annotated[int | None, typer.Option("--num-perm", help="MinHash permutations, >= 16 (default 128).")] = None,
     output: Annotated[Path | None, typer.Option("--out")] = None,
 ) -> None:

@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from factory.dedup import dedup_decontaminate_file  # noqa: E402
 from factory.paths import BENCHMARKS_DIR, PROMPTS_DIR  # noqa: E402
 from verifiers.decontam import BenchmarkIndex  # noqa: E402
-from verifiers.dedup import DedupParams, Deduplicator, sketch_batch  # noqa: E402
+from verifiers.dedup import DedupItem, DedupParams, Deduplicator, deduplicate, sketch_batch  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "dedup.json"
 CACHE = Path(tempfile.gettempdir()) / "factory_bench_dedup"
@@ -407,6 +407,84 @@ def measure(n_rows: int, workers: int, out_dir: Path) -> dict[str, Any]:
     return result
 
 
+# ------------------------------------------------------------------ short documents
+
+SHORT_EDIT_LEVELS = (5, 10, 20, 30)
+GSM8K_TRAIN = Path("/work/shared/data/gsm8k_train.jsonl")
+
+
+def short_corpus(n_docs: int, copies_per_level: int, seed: int = 11) -> tuple[list[str], list[str], list[int], list[str]]:
+    """GSM8K problems + solutions of 100-200 words, plus planted copies with a share of their
+    words substituted by other GSM8K words (5/10/20/30%) and exact/case copies.
+
+    Returns (ids, texts, family, kind); kind is "original", "exact", "case" or "subNN".
+    """
+    path = GSM8K_TRAIN if GSM8K_TRAIN.is_file() else PROMPTS_DIR / "gsm8k_train_300.jsonl"
+    docs = []
+    with path.open() as fh:
+        for line in fh:
+            row = json.loads(line)
+            text = f"{row['problem']}\n{row.get('solution') or ''}".strip()
+            if 100 <= len(text.split()) <= 200:
+                docs.append(text)
+    rng = random.Random(seed)
+    rng.shuffle(docs)
+    docs = docs[:n_docs]
+    vocab = sorted({word for doc in docs for word in doc.split()})
+    ids, texts, family, kind = [], [], [], []
+    for i, doc in enumerate(docs):
+        ids.append(f"d{i}"), texts.append(doc), family.append(i), kind.append("original")
+    sources = rng.sample(range(len(docs)), min(len(docs), copies_per_level * (len(SHORT_EDIT_LEVELS) + 2)))
+    plan = [f"sub{level:02d}" for level in SHORT_EDIT_LEVELS] + ["exact", "case"]
+    for k, src in enumerate(sources):
+        what = plan[k % len(plan)]
+        words = docs[src].split(" ")
+        if what == "exact":
+            copy = docs[src]
+        elif what == "case":
+            copy = "  ".join(w.upper() if rng.random() < 0.3 else w for w in words)
+        else:
+            rate = int(what[3:]) / 100
+            for j in rng.sample(range(len(words)), max(1, round(rate * len(words)))):
+                words[j] = rng.choice(vocab)
+            copy = " ".join(words)
+        ids.append(f"c{k}"), texts.append(copy), family.append(src), kind.append(what)
+    return ids, texts, family, kind
+
+
+def short_doc_quality(n_docs: int, copies_per_level: int, settings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Precision and per-edit-level recall of ``deduplicate`` on short GSM8K documents."""
+    ids, texts, family, kind = short_corpus(n_docs, copies_per_level)
+    items = [DedupItem(i, t) for i, t in zip(ids, texts)]
+    out = []
+    for setting in settings:
+        started = time.perf_counter()
+        verdicts = deduplicate(items, workers=1, **setting)
+        seconds = time.perf_counter() - started
+        cluster = [v.cluster_id for v in verdicts]
+        members: dict[str, list[int]] = defaultdict(list)
+        for i, c in enumerate(cluster):
+            members[c].append(i)
+        same = total = 0
+        for group in members.values():
+            for a in range(len(group)):
+                for b in range(a + 1, len(group)):
+                    total += 1
+                    same += family[group[a]] == family[group[b]]
+        original = {f: i for i, (f, k) in enumerate(zip(family, kind)) if k == "original"}
+        found, count = Counter(), Counter()
+        for i, (f, k) in enumerate(zip(family, kind)):
+            if k != "original":
+                count[k] += 1
+                found[k] += cluster[i] == cluster[original[f]]
+        row = {"setting": setting or "defaults", "docs": len(texts), "precision": same / total if total else 1.0,
+               "pairs": total, "recall": {k: found[k] / count[k] for k in sorted(count)}, "seconds": seconds}
+        out.append(row)
+        print(f"  {str(setting or 'defaults'):<46} P={row['precision']:.3f} ({total} pairs)  "
+              + " ".join(f"{k}={v:.2f}" for k, v in row["recall"].items()), flush=True)
+    return out
+
+
 # ------------------------------------------------------------------ main
 
 def main() -> None:
@@ -414,6 +492,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="20K/40K rows, small grid")
     ap.add_argument("--sizes", type=int, nargs="*", help="row counts to time (multiples of 10,000)")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--short-only", action="store_true", help="only the short-document edit-level table")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--out-dir", type=Path, default=CACHE / "out", help=argparse.SUPPRESS)
     args = ap.parse_args()

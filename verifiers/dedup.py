@@ -41,7 +41,7 @@ import xxhash
 
 __all__ = [
     "DedupItem", "DedupParams", "DedupVerdict", "Deduplicator", "Sketch", "TokenBatch",
-    "deduplicate", "exact_key", "lsh_bands", "minhash_permutations", "ngram_hashes",
+    "deduplicate", "exact_key", "lsh_bands", "minhash_permutations", "ngram_hashes", "pair_thresholds",
     "normalize_text", "shingle_hash32", "sketch_batch", "sketch_tokens", "tokenize_batch",
 ]
 
@@ -50,10 +50,17 @@ log = logging.getLogger(__name__)
 DedupKind = Literal["unique", "exact", "near", "reference"]
 ShingleKind = Literal["word", "char"]
 
-# Measured with benchmarks/bench_dedup.py (see .helpers/README_dedup.md).
-DEFAULT_WORD_NGRAM = 1    # word sets: the only shingle that keeps 15-20% word edits above 0.7
+# Measured with benchmarks/bench_dedup.py (verifiers/README.md, "Near duplicates"): word
+# bigrams at 0.3 find 20%-word-edited copies of 100-200-word GSM8K documents (unigrams at 0.7
+# found 0%) and every planted copy of the 4k-character R1 corpus, at precision >= 0.99 on both.
+DEFAULT_WORD_NGRAM = 2
 DEFAULT_CHAR_NGRAM = 5
-DEFAULT_THRESHOLD = 0.7
+DEFAULT_THRESHOLD = 0.3
+# Short texts share a larger share of their shingles by chance ("The answer is 5." vs "... 7."),
+# so a pair whose shorter text has fewer than SHORT_TEXT_SHINGLES shingles must reach a higher
+# estimated Jaccard: threshold * sqrt(SHORT_TEXT_SHINGLES / n), capped at SHORT_TEXT_MAX_THRESHOLD.
+SHORT_TEXT_SHINGLES = 100
+SHORT_TEXT_MAX_THRESHOLD = 0.9
 SKETCH_BATCH = 2_000   # documents per worker task: big enough to amortise numpy/Arrow calls
 
 # Punctuation/symbols and CJK characters become tokens of their own (RE2 syntax).
@@ -340,7 +347,8 @@ class DedupParams:
 
     near:      also look for near-duplicates (MinHash + LSH), not only exact ones.
     num_perm:  MinHash permutations; more = tighter Jaccard estimate, linear cost.
-    threshold: Jaccard similarity (estimated) at or above which two texts are near-duplicates.
+    threshold: Jaccard similarity (estimated) at or above which two texts are near-duplicates;
+               pairs of short texts must reach more (:func:`pair_thresholds`).
     shingle:   "word" (word n-grams) or "char" (character n-grams of the word text).
     ngram:     shingle length; None = the measured default of the shingle kind.
     seed:      permutation seed (datasketch's ``seed``); signatures change with it.
@@ -466,6 +474,19 @@ def _candidate_pairs(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
     pairs = np.sort(pairs, axis=1)
     pairs = pairs[pairs[:, 0] != pairs[:, 1]]
     return np.unique(pairs, axis=0)
+
+
+def pair_thresholds(threshold: float, shorter_shingles: np.ndarray) -> np.ndarray:
+    """The Jaccard a pair must reach, given the shingle count of its shorter text.
+
+    ``threshold`` for texts of :data:`SHORT_TEXT_SHINGLES` shingles and more; higher for
+    shorter texts (``threshold * sqrt(SHORT_TEXT_SHINGLES / n)``, at most
+    :data:`SHORT_TEXT_MAX_THRESHOLD` or ``threshold`` if that is higher), because chance
+    overlap grows as texts get shorter. LSH candidates are drawn at ``threshold``.
+    """
+    n = np.maximum(shorter_shingles.astype(np.float64), 1.0)
+    scaled = threshold * np.sqrt(SHORT_TEXT_SHINGLES / n)
+    return np.maximum(threshold, np.minimum(scaled, max(threshold, SHORT_TEXT_MAX_THRESHOLD)))
 
 
 def _jaccard_estimates(sigs: np.ndarray, pairs: np.ndarray, chunk: int = 65_536) -> np.ndarray:
@@ -597,7 +618,9 @@ class Deduplicator:
         pairs = _candidate_pairs(rep_sigs, bands, rows)
         if not len(pairs):
             return
-        similar = _jaccard_estimates(rep_sigs, pairs) >= self.params.threshold
+        rep_shingles = shingles[reps]
+        shorter = np.minimum(rep_shingles[pairs[:, 0]], rep_shingles[pairs[:, 1]])
+        similar = _jaccard_estimates(rep_sigs, pairs) >= pair_thresholds(self.params.threshold, shorter)
         log.debug("LSH: %d bands x %d rows, %d candidate pairs, %d verified", bands, rows, len(pairs),
                   int(similar.sum()))
         for i, j in reps[pairs[similar]]:
@@ -665,7 +688,7 @@ def deduplicate(items: Sequence[DedupItem], *, near: bool = True, num_perm: int 
                 reference: Sequence[DedupItem] = ()) -> list[DedupVerdict]:
     """Exact + near-duplicate verdicts for ``items`` (same order), against each other and ``reference``.
 
-    ``ngram=None`` uses the measured default of the shingle kind (word: 1, char: 5).
+    ``ngram=None`` uses the measured default of the shingle kind (word: 2, char: 5).
     Bad parameters raise ``ValueError("<param>: expected …, got …")``.
     """
     params = DedupParams(near, num_perm, threshold, shingle, ngram, seed).validate()  # type: ignore[arg-type]
