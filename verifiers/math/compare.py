@@ -60,9 +60,9 @@ def _same(gold: Answer, answer: Answer) -> Decision:
     if isinstance(gold, Text) or isinstance(answer, Text):
         return Decision(_text(gold) == _text(answer), "text")
     if isinstance(answer, Equation) and not isinstance(gold, Equation):
-        if _is_variable(answer.lhs):
-            return _same(gold, answer.rhs)
-        return NOT_EQUAL
+        # "x = 5", "(x, y) = (5, 8)", and a worked chain "3! \\times 5! = 720": the last
+        # right-hand side is the value stated (graders such as math-verify read it so too).
+        return _same(gold, answer.rhs)
     if isinstance(gold, Equation):
         return _equation(gold, answer)
     if isinstance(gold, Expr):

@@ -59,6 +59,8 @@ _SEARCH_CHUNK = 8192
 
 _BRACE = re.compile(r"\\[{}]|[{}]")
 _ANSWER_LEAD = re.compile(r"answer[*_\s]*(?:is\b|:|=)[*_\s:]*", re.IGNORECASE)
+# "### Final Answer" / "**Final Answer**" on a line of its own, the answer below it.
+_HEADING_LEAD = re.compile(r"answer[*_ \t]*\n[\s*_]*", re.IGNORECASE)
 # "A: 18", "**A:** 18", "> Ans. 18" at the start of a line.
 # "A." alone is not enough: it starts option A of a multiple-choice list.
 _ANSWER_LINE = re.compile(r"[ \t>*_#-]*(?:A[*_ \t]*:|Ans\.?[*_ \t]*:|Ans\.)[*_ \t]*", re.IGNORECASE)
@@ -130,8 +132,14 @@ def _marked_answer(text: str, lo: int, hi: int) -> Extraction | None:
     boxed = last_boxed(text, lo, hi)
     if boxed is not None:
         return Extraction(clean_extracted(boxed), "boxed")
-    return (_answer_tag(text, lo, hi) or _gsm8k_answer(text, lo, hi) or _answer_statement(text, lo, hi)
-            or _answer_line(text, lo, hi))
+    tagged = _answer_tag(text, lo, hi) or _gsm8k_answer(text, lo, hi)
+    if tagged is not None:
+        return tagged
+    # "The answer is 5" early and "A: 6" at the end: the later statement is the final one.
+    statement, line = _answer_statement(text, lo, hi), _answer_line(text, lo, hi)
+    if statement is None or line is None:
+        return (statement or line)[0] if (statement or line) else None
+    return statement[0] if statement[1] > line[1] else line[0]
 
 
 def final_section_start(response: str) -> int:
@@ -163,23 +171,19 @@ def boxed_answers(text: str, lo: int = 0, hi: int | None = None, limit: int = MA
     return found
 
 
-def _answer_line(text: str, lo: int, hi: int) -> Extraction | None:
-    """The last line that starts ``A:`` / ``Ans:`` (markdown allowed) in ``text[lo:hi]``."""
+def _answer_line(text: str, lo: int, hi: int) -> tuple[Extraction, int] | None:
+    """The last line that starts ``A:`` / ``Ans:`` (markdown allowed) in ``text[lo:hi]``, and where."""
     end = hi
     for _ in range(MAX_ANSWER_LINE_CANDIDATES):
-        colon = max(text.rfind(":", lo, end), text.rfind(".", lo, end))
-        if colon < 0:
-            return None
-        line_start = max(lo, text.rfind("\n", lo, colon) + 1)
-        lead = _ANSWER_LINE.match(text, line_start, min(hi, colon + 8))
-        if lead is not None and lead.end() > colon:
-            line_end = text.find("\n", lead.end(), hi)
-            answer = _statement_payload(text[lead.end() : line_end if line_end >= 0 else hi])
-            if answer:
-                return Extraction(answer, "answer_line")
-        end = line_start - 1 if line_start > lo else lo
         if end <= lo:
             return None
+        line_start = max(lo, text.rfind("\n", lo, end) + 1)
+        lead = _ANSWER_LINE.match(text, line_start, end)
+        if lead is not None:
+            answer = _statement_payload(text[lead.end() : end])
+            if answer:
+                return Extraction(answer, "answer_line"), line_start
+        end = line_start - 1
     return None
 
 
@@ -303,18 +307,21 @@ def _gsm8k_answer(text: str, lo: int, hi: int) -> Extraction | None:
     return None
 
 
-def _answer_statement(text: str, lo: int, hi: int) -> Extraction | None:
-    """"The (final) answer is X" / "Answer: X", the last one in ``text[lo:hi]``."""
+def _answer_statement(text: str, lo: int, hi: int) -> tuple[Extraction, int] | None:
+    """"The (final) answer is X" / "Answer: X" / a "Final Answer" heading over X: the last
+    one in ``text[lo:hi]``, and where it starts."""
     end = hi
     for _ in range(MAX_ANSWER_WORD_CANDIDATES):
         pos = rfind_ignore_case(text, "answer", lo, end)
         if pos < 0:
             return None
         lead = _ANSWER_LEAD.match(text, pos, min(hi, pos + 40))
+        if lead is None and text[max(lo, pos - 6) : pos].lower() == "final ":
+            lead = _HEADING_LEAD.match(text, pos, min(hi, pos + 40))
         if lead is not None:
             answer = _statement_payload(text[lead.end() : min(hi, lead.end() + MAX_STATEMENT_CHARS)])
             if answer:
-                return Extraction(answer, "answer_is")
+                return Extraction(answer, "answer_is"), pos
         end = pos
     return None
 
