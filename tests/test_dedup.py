@@ -271,3 +271,7 @@ def test_short_texts_need_a_higher_similarity() -> None:
     verdicts = {v.id: v for v in deduplicate(items, workers=1)}
     assert verdicts["a"].kept and verdicts["b"].kept
     assert SHORT_TEXT_SHINGLES == 100
+    # The bar can be switched off: then one threshold holds for every pair.
+    assert pair_thresholds(0.3, np.array([4]), 0)[0] == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="short_text_shingles"):
+        DedupParams(short_text_shingles=-1).validate()

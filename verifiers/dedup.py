@@ -352,6 +352,8 @@ class DedupParams:
     shingle:   "word" (word n-grams) or "char" (character n-grams of the word text).
     ngram:     shingle length; None = the measured default of the shingle kind.
     seed:      permutation seed (datasketch's ``seed``); signatures change with it.
+    short_text_shingles: pairs whose shorter text has fewer shingles than this must reach a
+               higher Jaccard (:func:`pair_thresholds`); 0 = the same threshold for every pair.
     """
 
     near: bool = True
@@ -360,6 +362,7 @@ class DedupParams:
     shingle: ShingleKind = "word"
     ngram: int | None = None
     seed: int = 1
+    short_text_shingles: int = SHORT_TEXT_SHINGLES
 
     def validate(self) -> DedupParams:
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \
@@ -374,6 +377,9 @@ class DedupParams:
             raise ValueError(f"ngram: expected an integer >= 1, got {self.ngram!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed: expected a non-negative integer, got {self.seed!r}")
+        if isinstance(self.short_text_shingles, bool) or not isinstance(self.short_text_shingles, int) \
+                or self.short_text_shingles < 0:
+            raise ValueError(f"short_text_shingles: expected a non-negative integer, got {self.short_text_shingles!r}")
         return self
 
     @property
@@ -476,16 +482,17 @@ def _candidate_pairs(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
     return np.unique(pairs, axis=0)
 
 
-def pair_thresholds(threshold: float, shorter_shingles: np.ndarray) -> np.ndarray:
+def pair_thresholds(threshold: float, shorter_shingles: np.ndarray,
+                    short_text_shingles: int = SHORT_TEXT_SHINGLES) -> np.ndarray:
     """The Jaccard a pair must reach, given the shingle count of its shorter text.
 
-    ``threshold`` for texts of :data:`SHORT_TEXT_SHINGLES` shingles and more; higher for
-    shorter texts (``threshold * sqrt(SHORT_TEXT_SHINGLES / n)``, at most
+    ``threshold`` for texts of ``short_text_shingles`` shingles and more; higher for
+    shorter texts (``threshold * sqrt(short_text_shingles / n)``, at most
     :data:`SHORT_TEXT_MAX_THRESHOLD` or ``threshold`` if that is higher), because chance
     overlap grows as texts get shorter. LSH candidates are drawn at ``threshold``.
     """
     n = np.maximum(shorter_shingles.astype(np.float64), 1.0)
-    scaled = threshold * np.sqrt(SHORT_TEXT_SHINGLES / n)
+    scaled = threshold * np.sqrt(max(short_text_shingles, 0) / n)
     return np.maximum(threshold, np.minimum(scaled, max(threshold, SHORT_TEXT_MAX_THRESHOLD)))
 
 
@@ -620,7 +627,8 @@ class Deduplicator:
             return
         rep_shingles = shingles[reps]
         shorter = np.minimum(rep_shingles[pairs[:, 0]], rep_shingles[pairs[:, 1]])
-        similar = _jaccard_estimates(rep_sigs, pairs) >= pair_thresholds(self.params.threshold, shorter)
+        similar = _jaccard_estimates(rep_sigs, pairs) >= pair_thresholds(self.params.threshold, shorter,
+                                                                         self.params.short_text_shingles)
         log.debug("LSH: %d bands x %d rows, %d candidate pairs, %d verified", bands, rows, len(pairs),
                   int(similar.sum()))
         for i, j in reps[pairs[similar]]:
@@ -684,14 +692,15 @@ def sketch_texts(texts: Sequence[str | None], params: DedupParams, *, workers: i
 
 def deduplicate(items: Sequence[DedupItem], *, near: bool = True, num_perm: int = 128,
                 threshold: float = DEFAULT_THRESHOLD, shingle: str = "word", ngram: int | None = None,
-                seed: int = 1, workers: int | None = None,
-                reference: Sequence[DedupItem] = ()) -> list[DedupVerdict]:
+                seed: int = 1, workers: int | None = None, reference: Sequence[DedupItem] = (),
+                short_text_shingles: int = SHORT_TEXT_SHINGLES) -> list[DedupVerdict]:
     """Exact + near-duplicate verdicts for ``items`` (same order), against each other and ``reference``.
 
     ``ngram=None`` uses the measured default of the shingle kind (word: 2, char: 5).
     Bad parameters raise ``ValueError("<param>: expected …, got …")``.
     """
-    params = DedupParams(near, num_perm, threshold, shingle, ngram, seed).validate()  # type: ignore[arg-type]
+    params = DedupParams(near, num_perm, threshold, shingle, ngram, seed,  # type: ignore[arg-type]
+                         short_text_shingles).validate()
     ids = [it.id for it in items]
     if len(set(ids)) != len(ids):
         raise ValueError("items: expected unique ids, got duplicates")
