@@ -57,6 +57,11 @@ STRICT_CASES = [
     ("12345678", "\\boxed{12,345,678}", True, "boxed"),
     ("1.234", "\\boxed{1,234}", False, "boxed"),  # three digits: thousands
     ("1, 22", "\\boxed{1,22}", True, "boxed"),  # the gold is a list: no decimal reading
+    ("1,22", "\\boxed{1.22}", True, "boxed"),  # a gold with a decimal comma, an answer with a point
+    ("0,111", "\\boxed{0.111}", True, "boxed"),  # a leading 0 is never thousands
+    ("0.111", "\\boxed{0,111}", True, "boxed"),
+    ("1,5", "\\boxed{1.6}", False, "boxed"),
+    ("28\\%", "\\boxed{28 pct}", True, "boxed"),
 ]
 
 
@@ -88,6 +93,14 @@ def test_prose_answers_need_the_lenient_policy(gold: str, response: str, correct
     assert strict.correct is None and strict.code == "no_answer" and strict.rule is None
     lenient = verify(gold, response, policy="lenient")
     assert (lenient.correct, lenient.rule) == (correct, rule), lenient
+
+
+def test_lenient_reads_the_number_of_a_final_line_strict_cannot_compare() -> None:
+    response = "Soucis : 2,74 $ a.."
+    assert verify("2.74", response).correct is not True
+    lenient = verify("2.74", response, policy="lenient")
+    assert (lenient.correct, lenient.rule) == (True, "last_number")
+    assert verify("2.75", response, policy="lenient").correct is False
 
 
 def test_lenient_keeps_strict_answers_first() -> None:

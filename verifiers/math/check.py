@@ -24,8 +24,9 @@ Decimal comma vs thousands separator, decided from the digits: a comma followed
 by exactly three digits groups thousands (``1,000`` and ``12,345,678``); a single
 comma followed by one, two, or four and more digits is a decimal comma (``1,22``
 is 1.22, ``3,14159`` is 3.14159); ``1.234,5`` is 1234.5. The decimal-comma reading
-is tried only for an answer compared with a single number, never for a gold
-answer (a gold ``1,2`` is the list 1, 2).
+is tried for an answer compared with a single number, and for a gold only when
+the answer is a number with a decimal point (a gold ``1,2`` is otherwise the list
+1, 2). A leading ``0,`` is never thousands (``0,111`` is 0.111).
 
 Pure functions: safe to call from any thread. Work is bounded by input size,
 not by a clock; use :func:`verifiers.math.verify_batch` for a hard timeout.
@@ -38,7 +39,7 @@ import re
 from functools import lru_cache
 
 from verifiers.math import compare, structure
-from verifiers.math.extract import boxed_answers, final_section_start, find_answer
+from verifiers.math.extract import boxed_answers, final_section_start, find_answer, lenient_answer
 from verifiers.math.normalize import Normalized, canonical, normalize
 from verifiers.math.structure import Answer
 from verifiers.math.verdict import MathVerdict
@@ -46,8 +47,9 @@ from verifiers.math.verdict import MathVerdict
 logger = logging.getLogger(__name__)
 
 POLICIES = ("strict", "lenient")
-_DECIMAL_COMMA = re.compile(r"([-+]?\d+),(\d{1,2}|\d{4,})")
+_COMMA_NUMBER = re.compile(r"([-+]?\d+),(\d+)")
 _DOTTED_THOUSANDS_DECIMAL_COMMA = re.compile(r"([-+]?\d{1,3}(?:\.\d{3})+),(\d+)")
+_DECIMAL_POINT_NUMBER = re.compile(r"[-+]?\d*\.\d+")
 
 # Gold answers repeat (several samples per prompt): reading one is cached.
 GOLD_CACHE_SIZE = 8192
@@ -82,6 +84,11 @@ def verify(gold: str, response: str, *, policy: str = "strict") -> MathVerdict:
         verdict = _with_rule(compare_answers(gold, found.answer), rule)
         if verdict.correct is not True and rule == "boxed":
             return _boxed_set(gold, response) or verdict
+        if verdict.correct is not True and rule == "final_line" and policy == "lenient":
+            # The final line is the weakest strict rule; a lenient grader reads its number.
+            fallback = lenient_answer(response)
+            if fallback is not None and fallback.answer and fallback.answer != found.answer:
+                return _with_rule(compare_answers(gold, fallback.answer), fallback.source)
         return verdict
     except Exception as error:  # a bug must become a verdict, never a crash of the caller
         logger.debug("math verify failed on gold %r", gold[:200], exc_info=True)
@@ -128,23 +135,37 @@ def compare_answers(gold: str, extracted: str) -> MathVerdict:
     if answer_shape is None:
         return MathVerdict(None, extracted, "unparsable: answer is empty or too long")
     decision = compare.equivalent(gold_shape, answer_shape, gold_normalized.percent, answer_normalized.percent)
+    if decision.equal is not True and _DECIMAL_POINT_NUMBER.fullmatch(answer_normalized.text):
+        # A gold written with a decimal comma ("1,22") against an answer with a decimal point.
+        gold_reading = decimal_comma_reading(gold_normalized.text)
+        if gold_reading is not None:
+            return compare_answers(gold_reading, extracted)
     if decision.equal is None:
         return MathVerdict(None, extracted, _REASON_FOR_HOW.get(decision.how, decision.how))
     return MathVerdict(decision.equal, extracted, decision.how)
 
 
-def _decimal_comma(answer: Normalized) -> Normalized:
-    """``1,22`` → ``1.22`` and ``1.234,5`` → ``1234.5`` (see the module docstring)."""
-    text = answer.text
-    match = _DECIMAL_COMMA.fullmatch(text)
+def decimal_comma_reading(text: str) -> str | None:
+    """``text`` with its comma read as a decimal comma, or None when the digits say it is
+    not one (see the module docstring): ``1,22`` → ``1.22``, ``0,111`` → ``0.111``,
+    ``1.234,5`` → ``1234.5``; ``1,000`` → None."""
+    match = _COMMA_NUMBER.fullmatch(text)
     if match is not None:
-        text = f"{match.group(1)}.{match.group(2)}"
-    else:
-        match = _DOTTED_THOUSANDS_DECIMAL_COMMA.fullmatch(text)
-        if match is None:
-            return answer
-        text = f"{match.group(1).replace('.', '')}.{match.group(2)}"
-    return Normalized(text, canonical(text), answer.percent)
+        whole, fraction = match.groups()
+        if len(fraction) == 3 and whole.lstrip("+-") != "0":
+            return None  # thousands
+        return f"{whole}.{fraction}"
+    match = _DOTTED_THOUSANDS_DECIMAL_COMMA.fullmatch(text)
+    if match is not None:
+        return f"{match.group(1).replace('.', '')}.{match.group(2)}"
+    return None
+
+
+def _decimal_comma(answer: Normalized) -> Normalized:
+    reading = decimal_comma_reading(answer.text)
+    if reading is None:
+        return answer
+    return Normalized(reading, canonical(reading), answer.percent)
 
 
 def _read_answer(normalized: Normalized, gold_shape: Answer) -> Answer | None:
