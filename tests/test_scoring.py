@@ -143,3 +143,25 @@ def test_batch_scoring_checks_lengths_and_policy() -> None:
         score_math_batch(["a"], [])
     with pytest.raises(ValueError, match="policy"):
         score_math_batch(["\\boxed{1}"], ["1"], policy="generous")
+
+
+def test_factory_verify_math_cli_takes_the_policy(tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+
+    data = tmp_path / "prose.jsonl"
+    data.write_text(json.dumps({"gold": "9", "response": "Therefore, the number of divisors of 196 is 9."}) + "\n")
+    home = tmp_path / "home"
+    home.mkdir()
+    run_cli("verify", "math", str(data), "--policy", "lenient", "--workers", "1", home=home)
+    verdict = json.loads((tmp_path / "prose.math_verdicts.jsonl").read_text())
+    assert (verdict["correct"], verdict["rule"]) == (True, "last_number")
+    run_cli("verify", "math", str(data), "--workers", "1", home=home)
+    assert json.loads((tmp_path / "prose.math_verdicts.jsonl").read_text())["reason"] == "no_answer"
+    bad = run_cli("verify", "math", str(data), "--policy", "generous", home=home, check=False)
+    assert bad.returncode == 2 and "--policy" in bad.stderr + bad.stdout
+    assert len((bad.stderr + bad.stdout).strip().splitlines()) == 1
+
+
+def test_correctness_step_rejects_an_unknown_policy() -> None:
+    with pytest.raises(ValueError, match="policy: expected 'strict' or 'lenient'"):
+        CorrectnessStep({"policy": "generous"})
