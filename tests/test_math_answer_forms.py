@@ -62,6 +62,15 @@ STRICT_CASES = [
     ("0.111", "\\boxed{0,111}", True, "boxed"),
     ("1,5", "\\boxed{1.6}", False, "boxed"),
     ("28\\%", "\\boxed{28 pct}", True, "boxed"),
+    # relations written in ASCII or LaTeX
+    ("x >= 5", "\\boxed{x \\geq 5}", True, "boxed"),
+    ("x \\le 2", "\\boxed{x <= 2}", True, "boxed"),
+    ("x < 3", "\\boxed{x \\lt 3}", True, "boxed"),
+    ("x \\geq 5", "\\boxed{x <= 5}", False, "boxed"),
+    ("x \\le 5", "\\boxed{5 \\geq x}", True, "boxed"),
+    # a worked chain: the last side is the value
+    ("720", "The answer is $3! \\times 5! = 720$.", True, "answer_is"),
+    ("x = 11", "\\boxed{x = 5+5+1 = 11}", True, "boxed"),
 ]
 
 

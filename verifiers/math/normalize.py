@@ -79,7 +79,12 @@ _LATEX_REWRITES = (
     (re.compile(r"\\(?:left|right|bigg|Bigg|big|Big)[lr]?(?![a-zA-Z])"), ""),
     (re.compile(r"\\(?:le|leq|leqslant)(?![a-zA-Z])"), r"\\le "),
     (re.compile(r"\\(?:ge|geq|geqslant)(?![a-zA-Z])"), r"\\ge "),
-    (re.compile(r"\\(?:neq|ne)(?![a-zA-Z])"), r"\\neq "),
+    (re.compile(r"\\(?:neq|ne)(?![a-zA-Z])|!="), r"\\neq "),
+    # ASCII relations: ">=" must not be read as an equation with the left side "x >".
+    (re.compile(r">="), r"\\ge "),
+    (re.compile(r"<="), r"\\le "),
+    (re.compile(r"\\lt(?![a-zA-Z])"), "<"),
+    (re.compile(r"\\gt(?![a-zA-Z])"), ">"),
     (re.compile(r"\\(?:lbrace)(?![a-zA-Z])"), r"\\{"),
     (re.compile(r"\\(?:rbrace)(?![a-zA-Z])"), r"\\}"),
 )
