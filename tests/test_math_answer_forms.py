@@ -71,6 +71,15 @@ STRICT_CASES = [
     # a worked chain: the last side is the value
     ("720", "The answer is $3! \\times 5! = 720$.", True, "answer_is"),
     ("x = 11", "\\boxed{x = 5+5+1 = 11}", True, "boxed"),
+    # an answer statement that is a sentence: the value it ends on
+    ("120", "The volume is $5 \\times 6 \\times 4 = 120$. Final Answer: The volume of $ABCDEFGH$ is 120. "
+     "I hope it is correct.", True, "answer_is"),
+    ("120", "Final Answer: The volume of the prism is 121. I hope it is correct.", False, "answer_is"),
+    ("\\frac{1}{2}", "Answer: the probability is $\\frac{1}{2}$ overall for this game", True, "answer_is"),
+    # a chat template's next turn after the answer
+    ("[0,1)", "Final Answer: The final answer is $(0, 1)$. I hope it is correct. <|im_start|>user", False, "answer_is"),
+    ("12000023", "Final Answer: The final answer is 12,000,023. I hope it is correct. <|im_start|>user", True,
+     "answer_is"),
 ]
 
 
@@ -93,6 +102,8 @@ PROSE_CASES = [
     ("1.5", _LONG_PROSE + " So the ratio $a/b$ comes out to $2.5$ in the end.", False, "last_math"),
     ("42", "After all that work, she has 42 apples left. I hope this helps!", True, "last_number"),
     ("2500", "The total cost is 2,500 dollars for the whole trip overall.", True, "last_number"),
+    ("2/3", "P(A) = (1/2) * (4/3) P(A) = 2/3 Therefore, the probability that Alice wins the game is 2/3. "
+     "<|im_start|>user", True, "last_number"),
 ]
 
 

@@ -334,7 +334,17 @@ def _statement_payload(tail: str) -> str:
         if segment is not None:
             return clean_extracted(next(g for g in segment.groups() if g is not None))
     stop = _SENTENCE_END.search(stripped)
-    return clean_extracted(stripped[: stop.start()] if stop else stripped)
+    sentence = stripped[: stop.start()] if stop else stripped
+    if len(_PROSE_WORD.findall(_MATH_SEGMENT.sub(" ", sentence))) >= MIN_PROSE_WORDS:
+        # "Final Answer: The volume of $ABCD$ is 120": the value the sentence ends on.
+        segments = list(_MATH_SEGMENT.finditer(sentence))
+        numbers = list(_NUMBER.finditer(_MATH_SEGMENT.sub(lambda m: " " * len(m.group()), sentence)))
+        last_segment_end = segments[-1].end() if segments else -1
+        if numbers and numbers[-1].start() > last_segment_end:
+            return clean_extracted(numbers[-1].group())
+        if segments:
+            return clean_extracted(next(g for g in segments[-1].groups() if g is not None))
+    return clean_extracted(sentence)
 
 
 def _final_line(text: str, lo: int, hi: int, max_chars: int) -> Extraction | None:
