@@ -71,6 +71,7 @@ STRICT_CASES = [
     # a worked chain: the last side is the value
     ("720", "The answer is $3! \\times 5! = 720$.", True, "answer_is"),
     ("x = 11", "\\boxed{x = 5+5+1 = 11}", True, "boxed"),
+    ("0", "\\boxed{x^2 - 4 = 0}", False, "boxed"),  # an equation, not a value
     # an answer statement that is a sentence: the value it ends on
     ("120", "The volume is $5 \\times 6 \\times 4 = 120$. Final Answer: The volume of $ABCDEFGH$ is 120. "
      "I hope it is correct.", True, "answer_is"),

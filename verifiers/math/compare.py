@@ -61,8 +61,10 @@ def _same(gold: Answer, answer: Answer) -> Decision:
         return Decision(_text(gold) == _text(answer), "text")
     if isinstance(answer, Equation) and not isinstance(gold, Equation):
         # "x = 5", "(x, y) = (5, 8)", and a worked chain "3! \\times 5! = 720": the last
-        # right-hand side is the value stated (graders such as math-verify read it so too).
-        return _same(gold, answer.rhs)
+        # right-hand side is the value stated. Not "x^2 - 4 = 0" for 0: that is an equation.
+        if _is_variable(answer.lhs) or _is_constant(answer.lhs):
+            return _same(gold, answer.rhs)
+        return NOT_EQUAL
     if isinstance(gold, Equation):
         return _equation(gold, answer)
     if isinstance(gold, Expr):
@@ -105,6 +107,11 @@ def _is_variable(expr: Expr) -> bool:
     if node[0] == "sym":
         return True
     return node[0] == "mul" and node[1][0] == "sym" and node[2][0] == "sym"
+
+
+def _is_constant(expr: Expr) -> bool:
+    """A left side with no letters: the start of a worked chain such as ``3! \\times 5! = 720``."""
+    return expr.node is not None and not latex.symbols(expr.node)
 
 
 def _equation(gold: Equation, answer: Answer) -> Decision:
