@@ -243,8 +243,8 @@ class CorrectnessStep(FilterStep):
             raise FactoryError(f"filter correctness: {str(exc).splitlines()[0]} (recipe: "
                                f"`unsafe_no_sandbox: true` on the correctness step)") from None
         return [StepVerdict(True, None, None, 1.0, {"rule": s.rule}) if s.correct
-                else StepVerdict(False, _code_failure(s.status), f"{_code_failure(s.status)}: {s.reason}"[:300], s.score,
-                                 {"rule": s.rule})
+                else StepVerdict(False, _code_failure(s.status),
+                                 f"{_code_failure(s.status)}: {s.reason.split(': ', 1)[-1]}"[:300], s.score, {"rule": s.rule})
                 for s in scores]
 
 
