@@ -56,6 +56,9 @@ STRICT_CASES = [
     ("1000", "\\boxed{1,000}", True, "boxed"),
     ("12345678", "\\boxed{12,345,678}", True, "boxed"),
     ("1.234", "\\boxed{1,234}", False, "boxed"),  # three digits: thousands
+    ("\\{1, 2\\}", "so the answer is $x = 1$ or $x = 2$.", True, "answer_is"),
+    ("3, 5, 7", "The answer is $3$, $5$ and $7$.", True, "answer_is"),
+    ("3", "The answer is $3$ and $x$ is odd.", True, "answer_is"),
     ("1, 22", "\\boxed{1,22}", True, "boxed"),  # the gold is a list: no decimal reading
     ("1,22", "\\boxed{1.22}", True, "boxed"),  # a gold with a decimal comma, an answer with a point
     ("0,111", "\\boxed{0.111}", True, "boxed"),  # a leading 0 is never thousands

@@ -66,6 +66,10 @@ _HEADING_LEAD = re.compile(r"answer[*_ \t]*\n[\s*_]*", re.IGNORECASE)
 _ANSWER_LINE = re.compile(r"[ \t>*_#-]*(?:A[*_ \t]*:|Ans\.?[*_ \t]*:|Ans\.)[*_ \t]*", re.IGNORECASE)
 # Lenient fallback: a number (thousands or decimal separators, a fraction bar) ...
 _NUMBER = re.compile(r"[-+]?(?:\d[\d,]*(?:\.\d+)?|\.\d+)(?:\s*/\s*\d+)?")
+# Between two math segments that list one answer: ",", "and", "or", ", and".
+_SEGMENT_JOINT = re.compile(r"\s*(?:,\s*(?:and|or)?|and|or)\s+(?=\$|\\\()|\s*,\s*(?=\$|\\\()")
+MAX_JOINED_SEGMENTS = 12
+_LIST_END = re.compile(r"[ \t]*(?:[.;!]|\n|$)")
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
 _MATH_SEGMENT = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
 _SENTENCE_END = re.compile(r"\.(?:\s|$)|\n")
@@ -332,7 +336,19 @@ def _statement_payload(tail: str) -> str:
     if stripped.startswith(("$", "\\(", "\\[")):
         segment = _MATH_SEGMENT.match(stripped)
         if segment is not None:
-            return clean_extracted(next(g for g in segment.groups() if g is not None))
+            # "$x = 1$ or $x = 2$", "$3$, $5$ and $7$": every value joined into one list.
+            parts = [clean_extracted(next(g for g in segment.groups() if g is not None))]
+            position = segment.end()
+            while len(parts) < MAX_JOINED_SEGMENTS:
+                joint = _SEGMENT_JOINT.match(stripped, position)
+                following = _MATH_SEGMENT.match(stripped, joint.end()) if joint is not None else None
+                if following is None:
+                    break
+                parts.append(clean_extracted(next(g for g in following.groups() if g is not None)))
+                position = following.end()
+            if len(parts) > 1 and not _LIST_END.match(stripped, position):
+                parts = parts[:1]  # "$3$ and $x$ is odd": the list did not end the sentence
+            return ", ".join(part for part in parts if part)
     stop = _SENTENCE_END.search(stripped)
     sentence = stripped[: stop.start()] if stop else stripped
     if len(_PROSE_WORD.findall(_MATH_SEGMENT.sub(" ", sentence))) >= MIN_PROSE_WORDS:
