@@ -356,14 +356,17 @@ def verify_math(
     response: Annotated[str, typer.Option("--response", help="Response column.")] = "response",
     output: Annotated[Path | None, typer.Option("--out", help="Verdicts file (default: FILE.math_verdicts.jsonl).")] = None,
     workers: Annotated[int | None, typer.Option("--workers")] = None,
+    policy: Annotated[str, typer.Option("--policy", help="strict: only an explicit answer form counts; "
+                                        "lenient: also the last number/math span of the last sentence.")] = "strict",
 ) -> None:
     """Check responses against gold answers with the math verifier.
 
-    Example: factory verify math answers.jsonl --gold answer --response completion
+    Example: factory verify math answers.jsonl --gold answer --response completion --policy lenient
     """
     from factory.verify import verify_math_file
 
-    report = verify_math_file(path, gold_field=gold, response_field=response, out_path=output, workers=workers)
+    report = verify_math_file(path, gold_field=gold, response_field=response, out_path=output, workers=workers,
+                              policy=policy)
     out.print(_kv_table(f"verify math {path}", report))
 
 
@@ -394,7 +397,7 @@ def verify_code(
 def dedup(
     path: Annotated[Path, typer.Argument(help="JSONL or Parquet file.")],
     field: Annotated[str, typer.Option("--field", help="Text column.")] = "text",
-    threshold: Annotated[float | None, typer.Option("--threshold", help="MinHash Jaccard threshold in (0, 1] (default 0.7).")] = None,
+    threshold: Annotated[float | None, typer.Option("--threshold", help="MinHash Jaccard threshold in (0, 1] (default 0.3 on word bigrams; higher for short texts).")] = None,
     num_perm: Annotated[int | None, typer.Option("--num-perm", help="MinHash permutations, >= 16 (default 128).")] = None,
     output: Annotated[Path | None, typer.Option("--out")] = None,
 ) -> None:
