@@ -470,7 +470,7 @@ def _install_seccomp(program: bytes) -> None:
                        ctypes.c_ulong(0), ctypes.c_ulong(0)), "seccomp")
 
 
-def enter_program_sandbox(uid: int | None, limits: Limits, fresh_proc: bool) -> str:
+def enter_program_sandbox(uid: int | None, limits: Limits, fresh_proc: bool, seccomp: bool = True) -> str:
     """In a freshly forked program (already in its cgroup and PID namespace): own
     IPC+mount namespaces with a fresh /tmp (and /proc, when in a PID namespace of
     its own), then ``drop_privileges``. Returns the working directory."""
@@ -481,10 +481,10 @@ def enter_program_sandbox(uid: int | None, limits: Limits, fresh_proc: bool) -> 
         os.chown(WORKDIR, uid, uid)
     if fresh_proc:
         mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    return drop_privileges(uid, WORKDIR, limits)
+    return drop_privileges(uid, WORKDIR, limits, seccomp)
 
 
-def drop_privileges(uid: int | None, workdir: str | None, limits: Limits) -> str:
+def drop_privileges(uid: int | None, workdir: str | None, limits: Limits, seccomp: bool = True) -> str:
     """Own process group, rlimits, keyring filter, then ``uid`` for good.
 
     A process group, not a session: the worker already left its terminal's
@@ -507,7 +507,7 @@ def drop_privileges(uid: int | None, workdir: str | None, limits: Limits) -> str
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
     prctl(PR_SET_NO_NEW_PRIVS, 1)
-    if uid is not None and _KEYRING_FILTER is not None:
+    if seccomp and uid is not None and _KEYRING_FILTER is not None:
         _install_seccomp(_KEYRING_FILTER)
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     # The pool already started the worker with a minimal environment (no secrets).

@@ -82,13 +82,16 @@ class SandboxPool:
     base_uid: first uid of the pool's range; default: a free range is
         allocated (a lock file per range), so concurrent pools never share uids.
     pin_workers: pin worker i (and its sandboxes) to the i-th usable core.
+    without_layers: isolation layers to switch off ("cgroup", "pidns",
+        "program_ns", "seccomp"), only to measure what each costs; never for
+        untrusted code.
 
     ``info`` (after ``start``) says which isolation layers are on and why any is off.
     """
 
     def __init__(self, workers: int | None = None, *, hide_paths: Sequence[str] = (),
                  unsafe_no_sandbox: bool = False, base_uid: int | None = None,
-                 pin_workers: bool = True) -> None:
+                 pin_workers: bool = True, without_layers: Sequence[str] = ()) -> None:
         workers = workers if workers is not None else len(os.sched_getaffinity(0))
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers: expected an integer >= 1, got {workers!r}")
@@ -97,7 +100,11 @@ class SandboxPool:
             raise ValueError(f"base_uid: expected an integer in [1000, 2**31), got {base_uid!r}")
         self.size = workers
         self.base_uid = base_uid
-        self.config = {"unsafe": bool(unsafe_no_sandbox), "base_uid": base_uid, "pin": bool(pin_workers)}
+        unknown = set(without_layers) - {"cgroup", "pidns", "program_ns", "seccomp"}
+        if unknown:
+            raise ValueError(f"without_layers: expected cgroup/pidns/program_ns/seccomp, got {sorted(unknown)!r}")
+        self.config = {"unsafe": bool(unsafe_no_sandbox), "base_uid": base_uid, "pin": bool(pin_workers),
+                       "without": sorted(without_layers)}
         self.workers: list[_Worker] = []
         self.info: dict[str, Any] = {}
         self._uid_lock: int | None = None

@@ -69,6 +69,8 @@ class WorkerState:
     cgroup: SlotCgroup | None = None
     pidns: PidNamespaces | None = None
     namespaces: bool = False
+    program_ns: bool = True  # IPC + mount namespace, fresh /tmp and /proc per program
+    seccomp: bool = True
 
 
 class Budget:
@@ -133,27 +135,34 @@ def _start(config: dict[str, Any]) -> tuple[WorkerState, dict[str, Any]]:
     base = int(config["base_uid"]) + 2 * int(config["slot"])
     state = WorkerState("/tmp", base, base + 1, namespaces=True)
     layers: dict[str, str] = {}
+    # "without": layers switched off only to measure what each costs (benchmarks).
+    without = set(config.get("without") or ())
+    state.program_ns, state.seccomp = "program_ns" not in without, "seccomp" not in without
     state.cgroup, layers["cgroup"] = _optional(
-        "cgroup", lambda: create_slot_cgroup(f"factory-code-{config['base_uid']}-{config['slot']}"))
+        "cgroup", lambda: create_slot_cgroup(f"factory-code-{config['base_uid']}-{config['slot']}"),
+        "cgroup" in without)
     if state.cgroup is not None:
         kill_cgroup_members(state.cgroup.paths)  # a crashed predecessor's leftovers
         layers["cgroup"] = f"v{state.cgroup.version}: 1 CPU, memory_mb, {PROCESS_LIMIT} pids"
-    state.pidns, layers["pidns"] = _optional("PID namespace", PidNamespaces)
+    state.pidns, layers["pidns"] = _optional("PID namespace", PidNamespaces, "pidns" in without)
     view = isolate_worker()
-    layers.update({"netns": "on", "mountns": "on", "ipcns": "on", "root": "minimal, read-only",
-                   "seccomp": "keyring refused", "uid": f"{base}/{base + 1}"})
+    layers.update({"netns": "on", "mountns": "on", "root": "minimal, read-only", "uid": f"{base}/{base + 1}",
+                   "program_ns": "on: IPC+mount namespace, fresh /tmp" if state.program_ns else "off: disabled",
+                   "seccomp": "on: keyring refused" if state.seccomp else "off: disabled"})
     # Leftovers of a predecessor in this slot that crashed (grandchildren do
     # not get its parent-death signal) would count against RLIMIT_NPROC.
     _kill_uids([state.program_uid, state.test_uid])
     _probe(state)
-    names = ["netns", "mountns", "ipcns", "root", "uid"] + [k for k in ("pidns", "cgroup")
-                                                             if layers[k].startswith(("on", "v"))]
+    names = ["netns", "mountns", "root", "uid"] + [k for k in ("program_ns", "seccomp", "pidns", "cgroup")
+                                                    if layers[k].startswith(("on", "v"))]
     return state, {"isolation": "+".join(names), "uids": [base, base + 1], "layers": layers,
                    "cgroup_paths": state.cgroup.paths if state.cgroup is not None else [], **view}
 
 
-def _optional(what: str, build: Callable[[], Any]) -> tuple[Any, str]:
+def _optional(what: str, build: Callable[[], Any], disabled: bool = False) -> tuple[Any, str]:
     """A layer the sandbox can do without: (layer, "on") or (None, "off: reason"), logged."""
+    if disabled:
+        return None, "off: disabled"
     try:
         return build(), "on"
     except OSError as exc:
@@ -164,12 +173,12 @@ def _optional(what: str, build: Callable[[], Any]) -> tuple[Any, str]:
 def _probe(state: WorkerState) -> None:
     """Fork one sandboxed child that checks the isolation actually holds."""
     def check() -> int:
-        enter_program_sandbox(state.program_uid, Limits(memory_mb=256, cpu_s=5), fresh_proc=state.pidns is not None)
+        _program_sandbox(state, 256, 4.0, None)
         if os.geteuid() == 0:
             return 5
         if os.path.exists("/sys/fs") or os.path.exists("/home"):
             return 6
-        if state.pidns is not None and (os.getpid() != 1 or [p for p in os.listdir("/proc") if p.isdigit()] != ["1"]):
+        if state.pidns is not None and state.program_ns and (os.getpid() != 1 or [p for p in os.listdir("/proc") if p.isdigit()] != ["1"]):
             return 7
         with socket.socket() as probe:
             probe.settimeout(1)
@@ -261,7 +270,9 @@ def _program_sandbox(state: WorkerState, memory_mb: int, timeout_s: float, workd
     if not state.namespaces:
         return drop_privileges(state.program_uid, workdir, limits)
     # The cgroup was joined in _fork, before the file descriptors were closed.
-    return enter_program_sandbox(state.program_uid, limits, fresh_proc=state.pidns is not None)
+    if not state.program_ns:
+        return drop_privileges(state.program_uid, "/tmp", limits, state.seccomp)
+    return enter_program_sandbox(state.program_uid, limits, state.pidns is not None, state.seccomp)
 
 
 def _kill_and_reap(pids: list[int], state: WorkerState) -> dict[int, int]:
