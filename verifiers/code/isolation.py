@@ -169,7 +169,9 @@ class SlotCgroup:
         if memory_mb == self.memory_mb:
             return
         value = str(memory_mb << 20).encode()
-        for fd in self.memory_fds:
+        # v1's memory+swap limit must stay >= the memory limit: raise it first, lower it last.
+        order = self.memory_fds if memory_mb < self.memory_mb else self.memory_fds[::-1]
+        for fd in order:
             try:
                 os.pwrite(fd, value, 0)
             except OSError as exc:  # memsw when swap accounting is off, ...
@@ -253,8 +255,6 @@ def _create_v1(name: str, mounts: dict[str, str], own: dict[str, str]) -> SlotCg
     _write(dirs["pids"], "pids.max", str(PROCESS_LIMIT))
     group.cpu_fd = os.open(os.path.join(dirs["cpuacct"], "cpuacct.usage"), os.O_RDONLY | os.O_CLOEXEC)
     group.events_fd = os.open(os.path.join(dirs["memory"], "memory.oom_control"), os.O_RDONLY | os.O_CLOEXEC)
-    # memsw (memory + swap) must stay >= memory: written second when raising, so
-    # set a generous memory limit first and let set_memory order the rest.
     group.memory_fds = [os.open(os.path.join(dirs["memory"], f), os.O_WRONLY | os.O_CLOEXEC)
                         for f in ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes")
                         if os.path.exists(os.path.join(dirs["memory"], f))]

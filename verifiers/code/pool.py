@@ -16,6 +16,7 @@ from typing import Any, Iterable, Sequence
 from . import wire
 from .isolation import UID_BASE, SandboxUnavailable, allocate_uid_range
 from .spec import CodeTests, CodeVerdict, extract_code
+from .worker import WALL_FACTOR, WALL_SLACK_S
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +232,8 @@ def _check_limits(timeout_s: float, memory_mb: int) -> None:
 
 def _watchdog(job: dict[str, Any]) -> float:
     cases = len(job["tests"].get("cases", ())) or 1
-    return job["timeout_s"] * cases + WATCHDOG_MARGIN_S
+    # A job's own limit is CPU time, with the wall clock at WALL_FACTOR times it.
+    return (job["timeout_s"] * WALL_FACTOR + WALL_SLACK_S) * cases + WATCHDOG_MARGIN_S
 
 
 def _crashed(job: dict[str, Any], why: str) -> CodeVerdict:

@@ -71,6 +71,7 @@ class WorkerState:
     namespaces: bool = False
     program_ns: bool = True  # IPC + mount namespace, fresh /tmp and /proc per program
     seccomp: bool = True
+    spawner: "Spawner | None" = None
 
 
 class Budget:
@@ -90,8 +91,14 @@ class Budget:
             return wall_left
         return min(wall_left, self.timeout_s - (self.cgroup.cpu_s() - self.cpu0))
 
-    def cpu_used(self) -> float:
-        return self.cgroup.cpu_s() - self.cpu0 if self.cgroup is not None else 0.0
+    def describe(self) -> str:
+        """What ran out, for the verdict's detail."""
+        if self.cgroup is None:
+            return f"no result within {self.timeout_s:g}s"
+        used = self.cgroup.cpu_s() - self.cpu0
+        if used >= self.timeout_s:
+            return f"no result within {self.timeout_s:g}s of CPU time"
+        return f"no result within {self.wall_s:g}s of wall-clock time ({used:.2f}s of CPU)"
 
 
 def main() -> None:
@@ -104,7 +111,6 @@ def main() -> None:
         wire.write_frame(out_fd, {"ready": False, "error": str(exc)})
         return
     wire.write_frame(out_fd, {"ready": True, **info})
-    gc.freeze()  # fewer copy-on-write faults in forked children
     while True:
         job = wire.read_frame(0)
         if job is None:
@@ -122,6 +128,13 @@ def main() -> None:
 
 
 def _start(config: dict[str, Any]) -> tuple[WorkerState, dict[str, Any]]:
+    state, info = _isolate(config)
+    gc.freeze()  # fewer copy-on-write faults in forked children
+    state.spawner = Spawner(state)
+    return state, info
+
+
+def _isolate(config: dict[str, Any]) -> tuple[WorkerState, dict[str, Any]]:
     if config.get("pin"):
         # The program and test processes ping-pong over pipes; on one core a
         # wake-up needs no cross-CPU interrupt (measured ~15% less CPU per job).
@@ -264,6 +277,148 @@ def _fork(body: Callable[[], int], stdio: tuple[int, int, int], keep: list[int],
         os._exit(code)
 
 
+class Spawner:
+    """The process that forks every program: forked from the worker before the
+    first job, it never reads a job's content. The worker hands it file
+    descriptors and a memfd holding the program; the forked child reads that.
+    So a program searching its own memory (frames, ``gc``, raw heap) finds no
+    tests, expected outputs, verdicts or other programs, of this job or any other.
+    """
+
+    def __init__(self, state: WorkerState) -> None:
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                # Not the worker's job and reply streams (EOF must reach the pool when it dies).
+                _close_all_but({theirs.fileno(), 2, *_state_fds(state)})
+                prctl_subreaper()
+                _spawn_loop(theirs, state)
+                code = 0
+            finally:
+                os._exit(code)
+        theirs.close()
+        self.pid = pid
+
+    def _ask(self, request: dict[str, Any], fds: list[int] = ()) -> dict[str, Any]:
+        socket.send_fds(self.sock, [json.dumps(request).encode()], list(fds))
+        reply = self.sock.recv(1 << 16)
+        if not reply:
+            raise OSError(errno.EPIPE, "the spawner died")
+        return json.loads(reply)
+
+    def spawn(self, request: dict[str, Any], fds: list[int]) -> int:
+        reply = self._ask({"op": "spawn", **request}, fds)
+        if "pid" not in reply:
+            raise OSError(errno.EAGAIN, f"spawn failed: {reply.get('error')}")
+        return int(reply["pid"])
+
+    def reap(self, pid: int) -> int:
+        """Wait for ``pid`` (already killed) and return its wait status."""
+        return int(self._ask({"op": "reap", "pid": pid})["status"])
+
+
+def _state_fds(state: WorkerState) -> list[int]:
+    fds = []
+    if state.cgroup is not None:
+        fds += [*state.cgroup.procs_fds, state.cgroup.cpu_fd, state.cgroup.events_fd, *state.cgroup.memory_fds]
+    if state.pidns is not None:
+        fds.append(state.pidns.own)
+    return fds
+
+
+def _close_all_but(keep: set[int]) -> None:
+    low = 0
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 16)
+
+
+def prctl_subreaper() -> None:
+    try:
+        detach_worker()
+    except OSError:
+        pass
+
+
+def _spawn_loop(sock: socket.socket, state: WorkerState) -> None:
+    while True:
+        message, fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, 16)
+        if not message:
+            return
+        request = json.loads(message)
+        if request["op"] == "spawn":
+            try:
+                reply = {"pid": _fork(lambda: _program_main(request, state), tuple(fds[:3]), fds[3:], state)}
+            except OSError as exc:
+                reply = {"error": str(exc)}
+            finally:
+                for fd in fds:
+                    os.close(fd)
+        else:
+            for fd in fds:
+                os.close(fd)
+            try:
+                status = os.waitpid(int(request["pid"]), 0)[1]
+            except ChildProcessError:
+                status = 0
+            _reap_orphans()
+            reply = {"status": status}
+        sock.send(json.dumps(reply).encode())
+
+
+def _reap_orphans() -> None:
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                return
+        except ChildProcessError:
+            return
+
+
+def _program_main(request: dict[str, Any], state: WorkerState) -> int:
+    """The forked program: fds 0-2, then the job's pipes, the violation pipe and
+    (last) the memfd with ``{"program", "prompt", "entry_point"}``."""
+    spec_fd = int(request["fds"]) - 1
+    with open(spec_fd, "rb") as f:
+        spec = json.loads(f.read())
+    home = _program_sandbox(state, int(request["memory_mb"]), float(request["timeout_s"]), request.get("workdir"))
+    if request["mode"] == "function":
+        harness.install_policy_hook(home, violation_fd=5)
+        harness.serve_program(spec["program"], spec, rfd=3, wfd=4)
+        return 0
+    harness.install_policy_hook(home, violation_fd=3)
+    sys.stdin = open(0, "r", encoding="utf-8", errors="replace", closefd=False)
+    sys.stdout = open(1, "w", encoding="utf-8", errors="replace", closefd=False)
+    sys.stderr = open(2, "w", encoding="utf-8", errors="replace", closefd=False)
+    return harness.run_script(spec["program"])
+
+
+def _spec_memfd(program: str, tests: dict[str, Any]) -> int:
+    """The program, and the only parts of its tests it may see, in a memfd for the child."""
+    fd = os.memfd_create("program", os.MFD_CLOEXEC)
+    data = json.dumps({"program": program, "prompt": tests.get("prompt") or "",
+                       "entry_point": tests.get("entry_point")}).encode()
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def _spawn(state: WorkerState, mode: str, program: str, tests: dict[str, Any], memory_mb: int,
+           timeout_s: float, workdir: str | None, stdio: tuple[int, int, int], keep: list[int]) -> int:
+    spec = _spec_memfd(program, tests)
+    try:
+        fds = [*stdio, *keep, spec]
+        return state.spawner.spawn({"mode": mode, "memory_mb": memory_mb, "timeout_s": timeout_s,
+                                    "workdir": workdir, "fds": len(fds)}, fds)
+    finally:
+        os.close(spec)
+
+
 def _program_sandbox(state: WorkerState, memory_mb: int, timeout_s: float, workdir: str | None) -> str:
     """In a forked program: its sandbox (or, unsafe, ``workdir``); returns its working directory."""
     limits = Limits(memory_mb, timeout_s + 1)
@@ -284,31 +439,16 @@ def _kill_and_reap(pids: list[int], state: WorkerState) -> dict[int, int]:
                 kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-    statuses = {}
-    for pid in pids:
-        try:
-            statuses[pid] = os.waitpid(pid, 0)[1]
-        except ChildProcessError:
-            statuses[pid] = 0
     _reap_strays(state)
-    return statuses
+    return {pid: state.spawner.reap(pid) for pid in pids}
 
 
 def _reap_strays(state: WorkerState) -> None:
-    """Reap what is left. In a PID namespace nothing outlives the program (the
-    kernel kills the namespace with its init); without one, kill the program's uid."""
+    """In a PID namespace nothing outlives the program (the kernel kills the
+    namespace with its init); without one, kill the program's uid. The spawner
+    (a subreaper) reaps the orphans."""
     if state.pidns is None and state.program_uid is not None:
         _kill_uids([state.program_uid])
-    spare = state.test_server.pid if state.test_server is not None else None
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        if pid == spare:  # the test server died on its own: forget it
-            state.test_server.pid = -1
 
 
 def _kill_uids(uids: list[int | None]) -> None:
@@ -477,16 +617,15 @@ def _run_functions(program: str, tests: dict[str, Any], timeout_s: float, memory
     p2t_r, p2t_w = os.pipe()
     viol_r, viol_w = _violation_pipe()
     null = os.open(os.devnull, os.O_RDWR)
-
-    def program_side() -> int:
-        home = _program_sandbox(state, memory_mb, timeout_s, workdir)
-        harness.install_policy_hook(home, violation_fd=5)
-        harness.serve_program(program, tests, rfd=3, wfd=4)
-        return 0
-
     oom0 = _start_job(state, memory_mb)
     budget = Budget(timeout_s, state.cgroup)
-    program_pid = _fork(program_side, (null, null, null), [t2p_r, p2t_w, viol_w], state)
+    try:
+        program_pid = _spawn(state, "function", program, tests, memory_mb, timeout_s, workdir,
+                             (null, null, null), [t2p_r, p2t_w, viol_w])
+    except OSError:
+        for fd in (t2p_r, p2t_w, viol_w, null, t2p_w, p2t_r, viol_r):
+            os.close(fd)
+        raise
     for fd in (t2p_r, p2t_w, viol_w, null):  # only the two processes may hold the pipe ends (EOF = death)
         os.close(fd)
     state.runs += 1
@@ -505,6 +644,7 @@ def _run_functions(program: str, tests: dict[str, Any], timeout_s: float, memory
         frames, timed_out, broken = server.collect(job, budget)
     except OSError:
         frames, timed_out, broken = [], False, True
+    why_timeout = budget.describe() if timed_out else ""
     if timed_out or broken or server.jobs >= TEST_SERVER_JOBS:
         server.close()
         state.test_server = None
@@ -512,11 +652,11 @@ def _run_functions(program: str, tests: dict[str, Any], timeout_s: float, memory
     violation, memory = _read_violation(viol_r), _memory_verdict(state, oom0, memory_mb)
     if workdir is not None:
         _remove_tree(workdir)
-    return _function_verdict(frames, total, timed_out, broken, violation, memory, timeout_s)
+    return _function_verdict(frames, total, why_timeout, broken, violation, memory)
 
 
-def _function_verdict(frames: list[dict[str, Any]], total: int, timed_out: bool, broken: bool,
-                      violation: str, memory: str, timeout_s: float) -> dict[str, Any]:
+def _function_verdict(frames: list[dict[str, Any]], total: int, timed_out: str, broken: bool,
+                      violation: str, memory: str) -> dict[str, Any]:
     cases = [f for f in frames if "case" in f]
     passed = sum(1 for f in cases if f.get("ok") is True)
     failing = next((f for f in cases if f.get("ok") is not True), None)
@@ -528,7 +668,7 @@ def _function_verdict(frames: list[dict[str, Any]], total: int, timed_out: bool,
     if memory:
         return _verdict("memory", passed, total, memory)
     if timed_out:
-        return _verdict("timeout", passed, total, f"no result within {timeout_s:g}s")
+        return _verdict("timeout", passed, total, timed_out)
     if load is not None and load["load_error"] == "violation":
         return _verdict("violation", 0, total, str(load.get("detail", "")))
     if load is not None:
@@ -566,18 +706,14 @@ def _run_stdio_case(program: str, stdin_text: str, expected: str, timeout_s: flo
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     viol_r, viol_w = _violation_pipe()
-
-    def script() -> int:
-        home = _program_sandbox(state, memory_mb, timeout_s, workdir)
-        harness.install_policy_hook(home, violation_fd=3)
-        sys.stdin = open(0, "r", encoding="utf-8", errors="replace", closefd=False)
-        sys.stdout = open(1, "w", encoding="utf-8", errors="replace", closefd=False)
-        sys.stderr = open(2, "w", encoding="utf-8", errors="replace", closefd=False)
-        return harness.run_script(program)
-
     oom0 = _start_job(state, memory_mb)
     budget = Budget(timeout_s, state.cgroup)
-    pid = _fork(script, (in_r, out_w, err_w), [viol_w], state)
+    try:
+        pid = _spawn(state, "stdio", program, {}, memory_mb, timeout_s, workdir, (in_r, out_w, err_w), [viol_w])
+    except OSError:
+        for fd in (in_r, out_w, err_w, viol_w, in_w, out_r, err_r, viol_r):
+            os.close(fd)
+        raise
     for fd in (in_r, out_w, err_w, viol_w):
         os.close(fd)
     pidfd = os.pidfd_open(pid)
@@ -595,7 +731,7 @@ def _run_stdio_case(program: str, stdin_text: str, expected: str, timeout_s: flo
     if memory:
         return "memory", memory
     if outcome["timeout"]:
-        return "timeout", f"no exit within {timeout_s:g}s"
+        return "timeout", budget.describe().replace("no result", "no exit")
     if outcome["flood"]:
         return "error", f"output exceeded {OUTPUT_LIMIT >> 20} MiB"
     err_text = err.decode("utf-8", "replace")
