@@ -343,7 +343,7 @@ HACKS = {
             return 0
         """),
     "stack and gc snooping": src("""
-        import gc, sys
+        import gc, re, sys
         def f(x):
             for o in gc.get_objects():
                 if isinstance(o, dict) and 'expected' in o:
@@ -767,6 +767,75 @@ def test_class3_and_8_the_sandbox_sees_only_the_interpreter(pool, secret_store):
     assert "pidns" in pool.info["isolation"]
 
 
+MEMORY_SNOOPS = {
+    # Walk every frame above the program and every object gc knows: the worker's
+    # job (tests, expected outputs) would be there had the program been forked from it.
+    "frames and gc": src("""
+        import gc, re, sys
+        def f(x):
+            seen = []
+            frame = sys._getframe()
+            while frame is not None:
+                seen.extend(frame.f_locals.values())
+                frame = frame.f_back
+            seen.extend(gc.get_objects())
+            found = set()
+            for value in seen:
+                items = [value] if isinstance(value, (str, bytes)) else \
+                    list(value.values()) if isinstance(value, dict) else []
+                for item in items:
+                    if isinstance(item, bytes):
+                        item = item.decode('latin-1')
+                    if isinstance(item, str):
+                        found.update(re.findall('SECRET-[A-Z]+-[0-9]+', item))
+            return sorted(found)
+        """),
+    # Read raw memory (freed heap included) for what earlier jobs left behind.
+    "raw heap": src("""
+        import ctypes, re
+        def f(x):
+            found = set()
+            for line in open('/proc/self/maps'):
+                parts = line.split()
+                if 'rw' not in parts[1] or (len(parts) > 5 and parts[5].startswith('/')):
+                    continue
+                low, high = (int(a, 16) for a in parts[0].split('-'))
+                if high - low > 256 << 20:
+                    continue
+                try:
+                    data = ctypes.string_at(low, high - low)
+                except Exception:
+                    continue
+                found.update(m.decode() for m in re.findall(rb'SECRET-[A-Z]+-[0-9]+', data))
+            return sorted(found)
+        """),
+}
+
+
+@needs_sandbox
+@pytest.mark.parametrize("name", sorted(MEMORY_SNOOPS))
+def test_class3_no_answer_key_in_the_programs_memory(name):
+    earlier = [("def f(x):\n    return 0\n", asserts(["assert f(1) == 'SECRET-EARLIER-1234'"])),
+               ("print(0)\n", CodeTests.stdio([("", "SECRET-STDOUT-77")])),
+               ("def f(x):\n    return 'SECRET-PROGRAM-55'\n", asserts(["assert f(1) == 0"]))]
+    stdio_walk = src("""
+        import sys
+        frame = sys._getframe()
+        while frame is not None:
+            for value in list(frame.f_locals.values()):
+                if isinstance(value, str) and 'SECRET-' in value:
+                    print(value)
+            frame = frame.f_back
+        """)
+    with SandboxPool(1) as one:
+        one.run_batch(earlier)
+        snoop = one.run_tests(MEMORY_SNOOPS[name], asserts(["assert f(1) == []",
+                                                            "assert f(1) == ['SECRET-ANSWER-8419']"]))
+        assert snoop.passed_cases == 1 and snoop.status == "failed", snoop
+        stdio = one.run_tests(stdio_walk, CodeTests.stdio([("", "SECRET-STDIO-42")]))
+        assert stdio.status == "failed", stdio
+
+
 @needs_sandbox
 def test_class4_nothing_a_program_leaves_reaches_the_next():
     leave = src("""
@@ -802,6 +871,11 @@ def test_class4_nothing_a_program_leaves_reaches_the_next():
         for _ in range(2):
             later = one.run_tests(find, asserts(["assert f(0) == (['fresh'], -1, -1)"]))
             assert later.passed, later
+    with SandboxPool(1, unsafe_no_sandbox=True) as unsafe:  # no tmpfs there: the cleanup must cope
+        deep = leave.replace("'/tmp/work'", "os.getcwd()").replace("/tmp/work/fill", "fill")
+        assert unsafe.run_tests(deep, asserts(["assert True"])).passed
+        assert unsafe.run_tests("import os\ndef f(x):\n    return os.listdir('.')\n",
+                                asserts(["assert f(0) == []"])).passed
 
 
 @needs_sandbox
