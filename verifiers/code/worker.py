@@ -123,6 +123,9 @@ def main() -> None:
             verdict = _verdict("error", 0, 0, f"sandbox error: {exc}")
         verdict["duration_s"] = round(time.monotonic() - started, 6)
         wire.write_frame(out_fd, {"id": job.get("id"), "verdict": verdict})
+        if state.spawner is not None and not state.spawner.alive():
+            log.warning("the spawner died; this worker exits so that the pool replaces it")
+            break
     if config.get("unsafe"):
         _remove_tree(state.scratch)
 
@@ -313,6 +316,12 @@ class Spawner:
         if "pid" not in reply:
             raise OSError(errno.EAGAIN, f"spawn failed: {reply.get('error')}")
         return int(reply["pid"])
+
+    def alive(self) -> bool:
+        try:
+            return os.waitpid(self.pid, os.WNOHANG)[0] == 0
+        except ChildProcessError:
+            return False
 
     def reap(self, pid: int) -> int:
         """Wait for ``pid`` (already killed) and return its wait status."""
