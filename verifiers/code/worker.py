@@ -126,6 +126,11 @@ def main() -> None:
         if state.spawner is not None and not state.spawner.alive():
             log.warning("the spawner died; this worker exits so that the pool replaces it")
             break
+    # Reap our helpers, so that their CPU time (and their children's) adds up to ours.
+    if state.test_server is not None:
+        state.test_server.close()
+    if state.spawner is not None:
+        state.spawner.close()
     if config.get("unsafe"):
         _remove_tree(state.scratch)
 
@@ -317,6 +322,13 @@ class Spawner:
             raise OSError(errno.EAGAIN, f"spawn failed: {reply.get('error')}")
         return int(reply["pid"])
 
+    def close(self) -> None:
+        self.sock.close()  # EOF: the spawner returns
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+
     def alive(self) -> bool:
         try:
             return os.waitpid(self.pid, os.WNOHANG)[0] == 0
@@ -440,7 +452,8 @@ def _program_sandbox(state: WorkerState, memory_mb: int, timeout_s: float, workd
 
 
 def _kill_and_reap(pids: list[int], state: WorkerState) -> dict[int, int]:
-    """SIGKILL each child's group and the child, reap them (statuses), then all strays."""
+    """SIGKILL each program's group and the program, then the strays; the spawner
+    reaps them and says how they exited."""
     # Kill before reaping: a reaped pid (and so its group id) could be reused.
     for pid in pids:
         for kill in (os.killpg, os.kill):
