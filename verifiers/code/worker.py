@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from . import harness, wire
-from .isolation import (PROCESS_LIMIT, Limits, PidNamespaces, SandboxUnavailable, SlotCgroup, create_slot_cgroup, detach_worker,
-                        drop_privileges, enter_program_sandbox, isolate_worker, kill_cgroup_members)
+from .isolation import (PROCESS_LIMIT, Limits, PidNamespaces, SandboxUnavailable, SlotCgroup, create_slot_cgroup,
+                        detach_worker, drop_privileges, enter_program_sandbox, isolate_worker, kill_cgroup_members)
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,12 @@ def _isolate(config: dict[str, Any]) -> tuple[WorkerState, dict[str, Any]]:
         kill_cgroup_members(state.cgroup.paths)  # a crashed predecessor's leftovers
         layers["cgroup"] = f"v{state.cgroup.version}: 1 CPU, memory_mb, {PROCESS_LIMIT} pids"
     state.pidns, layers["pidns"] = _optional("PID namespace", PidNamespaces, "pidns" in without)
-    view = isolate_worker()
+    try:
+        view = isolate_worker()
+    except BaseException:
+        if state.cgroup is not None:  # still reachable: /sys is only gone after isolation
+            state.cgroup.remove()
+        raise
     layers.update({"netns": "on", "mountns": "on", "root": "minimal, read-only", "uid": f"{base}/{base + 1}",
                    "program_ns": "on: IPC+mount namespace, fresh /tmp" if state.program_ns else "off: disabled",
                    "seccomp": "on: keyring refused" if state.seccomp else "off: disabled"})
@@ -199,7 +204,8 @@ def _probe(state: WorkerState) -> None:
             return 5
         if os.path.exists("/sys/fs") or os.path.exists("/home"):
             return 6
-        if state.pidns is not None and state.program_ns and (os.getpid() != 1 or [p for p in os.listdir("/proc") if p.isdigit()] != ["1"]):
+        alone = os.getpid() == 1 and [p for p in os.listdir("/proc") if p.isdigit()] == ["1"]
+        if state.pidns is not None and state.program_ns and not alone:
             return 7
         with socket.socket() as probe:
             probe.settimeout(1)
