@@ -765,6 +765,16 @@ def test_class3_and_8_the_sandbox_sees_only_the_interpreter(pool, secret_store):
     verdict = pool.run_tests(program, tests)
     assert verdict.passed, verdict
     assert "pidns" in pool.info["isolation"]
+    # A directory inside what the sandbox must see (the interpreter's prefix) can be masked too.
+    inside = os.path.dirname(pytest.__file__)
+    with SandboxPool(1, hide_paths=[inside]) as masking:
+        listing = src(f"""
+            import os
+            def f(path):
+                return sorted(os.listdir(path))
+            """)
+        assert masking.run_tests(listing, asserts([f"assert f({inside!r}) == []", "assert 'os.py' in f(os.__file__[:-6])"],
+                                                  setup="import os")).passed
 
 
 MEMORY_SNOOPS = {

@@ -330,7 +330,7 @@ def _bind_readonly(source: str, target: str) -> None:
     mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
-def _build_root(root: str) -> dict[str, Any]:
+def _build_root(root: str, hidden: list[str]) -> dict[str, Any]:
     """Fill the tmpfs at ``root`` with read-only binds of what Python needs."""
     bound: list[str] = []
 
@@ -366,14 +366,15 @@ def _build_root(root: str) -> dict[str, Any]:
     for path in ("/proc", "/tmp"):
         os.makedirs(root + path, mode=0o755)
     masked = []
-    for path in _own_package_dirs():
-        if any(_within(path, b) for b in bound):  # installed under a bound prefix: hide it
-            mount("tmpfs", root + path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k")
-            masked.append(path)
+    for path in [*_own_package_dirs(), *hidden]:
+        if os.path.isdir(path) and any(_within(path, b) for b in bound):  # under a bound prefix: hide it
+            if path not in masked:
+                mount("tmpfs", root + path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k")
+                masked.append(path)
     return {"bound": bound, "masked": masked}
 
 
-def isolate_worker() -> dict[str, Any]:
+def isolate_worker(hidden: list[str] = ()) -> dict[str, Any]:
     """Move this (single-threaded, root) process into its own net+mount namespaces and minimal root."""
     if os.geteuid() != 0:
         raise SandboxUnavailable("the code sandbox needs root (it creates network/mount namespaces and runs "
@@ -391,7 +392,7 @@ def isolate_worker() -> dict[str, Any]:
     os.mkdir(root, 0o755)
     mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
     try:
-        view = _build_root(root)
+        view = _build_root(root, [os.path.realpath(p) for p in hidden])
         _pivot_root(root)
         mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
     except OSError as exc:

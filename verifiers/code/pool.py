@@ -75,8 +75,9 @@ class SandboxPool:
 
     workers: fork-server processes (default: usable CPU cores). Each runs one
         program at a time under its own pair of uids (``base_uid + 2*slot``, +1).
-    hide_paths: accepted for compatibility; the sandbox sees nothing of the
-        host beyond the interpreter's own files anyway (see ``isolation``).
+    hide_paths: directories to mask even where they lie inside what the
+        sandbox sees (the interpreter's prefixes); nothing else of the host is
+        visible anyway (see ``isolation``).
     unsafe_no_sandbox: run without namespaces or uid switch (rlimits, process
         groups, temp dirs and the split test/program processes remain). Only
         for machines where the sandbox cannot be set up and the code is trusted.
@@ -105,7 +106,8 @@ class SandboxPool:
         if unknown:
             raise ValueError(f"without_layers: expected cgroup/pidns/program_ns/seccomp, got {sorted(unknown)!r}")
         self.config = {"unsafe": bool(unsafe_no_sandbox), "base_uid": base_uid, "pin": bool(pin_workers),
-                       "without": sorted(without_layers)}
+                       "without": sorted(without_layers),
+                       "hidden": [os.path.realpath(p) for p in hide_paths]}
         self.workers: list[_Worker] = []
         self.info: dict[str, Any] = {}
         self._uid_lock: int | None = None

@@ -167,7 +167,7 @@ def _isolate(config: dict[str, Any]) -> tuple[WorkerState, dict[str, Any]]:
         layers["cgroup"] = f"v{state.cgroup.version}: 1 CPU, memory_mb, {PROCESS_LIMIT} pids"
     state.pidns, layers["pidns"] = _optional("PID namespace", PidNamespaces, "pidns" in without)
     try:
-        view = isolate_worker()
+        view = isolate_worker(config.get("hidden") or [])
     except BaseException:
         if state.cgroup is not None:  # still reachable: /sys is only gone after isolation
             state.cgroup.remove()
