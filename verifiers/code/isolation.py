@@ -317,12 +317,15 @@ def _needed_paths() -> list[str]:
 
 
 def _own_package_dirs() -> list[str]:
-    dirs = []
+    """Where ``verifiers``/``factory`` are, imported or not (a non-editable install
+    puts them, benchmark data included, inside site-packages)."""
+    dirs = set()
     for name in OWN_PACKAGES:
         module = sys.modules.get(name)
-        for path in getattr(module, "__path__", None) or []:
-            dirs.append(os.path.realpath(path))
-    return dirs
+        dirs.update(os.path.realpath(p) for p in getattr(module, "__path__", None) or [])
+        dirs.update(os.path.realpath(os.path.join(p, name)) for p in sys.path
+                    if p and os.path.isdir(os.path.join(p, name)))
+    return sorted(dirs)
 
 
 def _bind_readonly(source: str, target: str) -> None:
