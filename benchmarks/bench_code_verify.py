@@ -7,7 +7,7 @@ check(entry_point)) on 2 cores, both ways, in the same run:
            2 at a time;
 * sandbox: `SandboxPool(2)`: warm fork servers (network+mount namespace,
            minimal read-only root), each program in its own PID, IPC and
-           mount namespace (fresh /tmp and /proc) and its slot's cgroup (CPU,
+           mount namespace (fresh /tmp/work and /proc) and its slot's cgroup (CPU,
            memory, pids), under an unprivileged uid with a seccomp filter and
            rlimits, tests in a separate process;
 * layers:  the same pool with one isolation layer switched off at a time
@@ -95,7 +95,7 @@ def run_sandbox(tasks: list[dict], rounds: int, pin: bool = True, without: tuple
 
 
 LAYERS = {"cgroup": "per-slot cgroup (CPU, memory, pids)", "pidns": "PID namespace per program",
-          "program_ns": "IPC+mount ns, fresh /tmp + /proc", "seccomp": "seccomp keyring filter"}
+          "program_ns": "IPC+mount ns, fresh /tmp/work, /proc", "seccomp": "seccomp keyring filter"}
 
 
 def run_layers(tasks: list[dict], rounds: int) -> dict:

@@ -21,7 +21,8 @@ Layers, from the outside in (``SandboxPool.info["layers"]`` says which are on):
   namespace (the worker unshares it before the fork; when the program's first
   process dies the kernel kills the rest), IPC namespace (System V objects and
   POSIX queues die with it) and mount namespace with a fresh ``/proc`` and a
-  fresh tmpfs ``/tmp`` (freed with the namespace: no cleanup that can fail),
+  fresh tmpfs on ``/tmp/work``, its cwd (freed with the namespace: no cleanup
+  that can fail),
   a seccomp filter refusing the kernel keyring (per-uid, it would outlive
   the program), rlimits, its uid, ``no_new_privs``.
 
@@ -333,48 +334,50 @@ def _bind_readonly(source: str, target: str) -> None:
     mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
-def _build_root(root: str, hidden: list[str]) -> dict[str, Any]:
+def _root_plan(hidden: list[str]) -> dict[str, Any]:
+    """What the new root holds, with O_PATH handles on every bind source, taken
+    before /tmp is covered (a venv in a checkout under /tmp, as on CI)."""
+    dirs: list[str] = []
+    links: dict[str, str] = {}
+    for path in [*SYSTEM_DIRS, *_needed_paths()]:
+        if os.path.islink(path) and path in SYSTEM_DIRS:
+            links[path] = os.readlink(path)
+        elif os.path.isdir(path) and not any(_within(path, d) for d in dirs):
+            dirs = [d for d in dirs if not _within(d, path)] + [path]
+    files = [p for p in ETC_FILES if os.path.isfile(p)] + [f"/dev/{n}" for n in DEV_NODES if os.path.exists(f"/dev/{n}")]
+    masked = sorted({p for p in [*_own_package_dirs(), *hidden]
+                     if os.path.isdir(p) and any(_within(p, d) for d in dirs)})
+    handles = {p: os.open(p, os.O_PATH | os.O_CLOEXEC) for p in [*dirs, *files]}
+    return {"dirs": dirs, "links": links, "files": files, "masked": masked, "handles": handles}
+
+
+def _build_root(root: str, plan: dict[str, Any]) -> dict[str, Any]:
     """Fill the tmpfs at ``root`` with read-only binds of what Python needs."""
-    bound: list[str] = []
+    def source(path: str) -> str:
+        return f"/proc/self/fd/{plan['handles'][path]}"
 
-    def bind_dir(path: str) -> None:
-        if any(_within(path, b) for b in bound):
-            return
+    for path, target in plan["links"].items():
+        os.symlink(target, root + path)
+    for path in plan["dirs"]:
         os.makedirs(root + path, mode=0o755, exist_ok=True)
-        _bind_readonly(path, root + path)
-        bound.append(path)
-
-    for path in SYSTEM_DIRS:
-        if os.path.islink(path):
-            os.symlink(os.readlink(path), root + path)
-        elif os.path.isdir(path):
-            bind_dir(path)
-    for path in _needed_paths():
-        bind_dir(path)
-    os.makedirs(root + "/etc", mode=0o755)
-    for path in ETC_FILES:
-        if os.path.isfile(path):
-            open(root + path, "w").close()
-            _bind_readonly(path, root + path)
-    os.makedirs(root + "/dev", mode=0o755)
-    for node in DEV_NODES:
-        if os.path.exists(f"/dev/{node}"):
-            open(f"{root}/dev/{node}", "w").close()
-            mount(f"/dev/{node}", f"{root}/dev/{node}", None, MS_BIND)
+        _bind_readonly(source(path), root + path)
+    for path in ("/etc", "/dev", "/proc", WORKDIR):
+        os.makedirs(root + path, mode=0o755, exist_ok=True)
+    os.chmod(root + "/tmp", 0o711)  # each program's tmpfs goes on /tmp/work; /tmp itself is not listable
+    for path in plan["files"]:
+        open(root + path, "w").close()
+        if path.startswith("/dev/"):  # device nodes stay writable (/dev/null, ...)
+            mount(source(path), root + path, None, MS_BIND)
+        else:
+            _bind_readonly(source(path), root + path)
     for link, target in (("/dev/fd", "/proc/self/fd"), ("/dev/stdin", "/proc/self/fd/0"),
                          ("/dev/stdout", "/proc/self/fd/1"), ("/dev/stderr", "/proc/self/fd/2"),
                          ("/dev/shm", "/tmp"), ("/var/tmp", "/tmp"), ("/run", "/tmp")):
         os.makedirs(os.path.dirname(root + link), mode=0o755, exist_ok=True)
         os.symlink(target, root + link)
-    for path in ("/proc", "/tmp"):
-        os.makedirs(root + path, mode=0o755)
-    masked = []
-    for path in [*_own_package_dirs(), *hidden]:
-        if os.path.isdir(path) and any(_within(path, b) for b in bound):  # under a bound prefix: hide it
-            if path not in masked:
-                mount("tmpfs", root + path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k")
-                masked.append(path)
-    return {"bound": bound, "masked": masked}
+    for path in plan["masked"]:  # our packages, or hide_paths, inside a bound prefix
+        mount("tmpfs", root + path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k")
+    return {"bound": plan["dirs"], "masked": plan["masked"]}
 
 
 def isolate_worker(hidden: list[str] = ()) -> dict[str, Any]:
@@ -389,17 +392,21 @@ def isolate_worker(hidden: list[str] = ()) -> dict[str, Any]:
         raise SandboxUnavailable(f"cannot create network/mount namespaces ({exc}); the code sandbox needs "
                                  f"CAP_SYS_ADMIN, or pass unsafe_no_sandbox=True / --unsafe-no-sandbox") from None
     mount(None, "/", None, MS_REC | MS_PRIVATE)
-    # The new root lives on a tmpfs mounted over /tmp (of this namespace only).
-    mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=8m")
-    root = "/tmp/root"
-    os.mkdir(root, 0o755)
-    mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
+    plan = _root_plan([os.path.realpath(p) for p in hidden])
     try:
-        view = _build_root(root, [os.path.realpath(p) for p in hidden])
+        # The new root lives on a tmpfs mounted over /tmp (of this namespace only).
+        mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=8m")
+        root = "/tmp/root"
+        os.mkdir(root, 0o755)
+        mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
+        view = _build_root(root, plan)
         _pivot_root(root)
         mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
     except OSError as exc:
         raise SandboxUnavailable(f"cannot build the sandbox's root filesystem ({exc})") from None
+    finally:
+        for fd in plan["handles"].values():
+            os.close(fd)
     return view
 
 
@@ -476,13 +483,12 @@ def _install_seccomp(program: bytes) -> None:
 
 def enter_program_sandbox(uid: int | None, limits: Limits, fresh_proc: bool, seccomp: bool = True) -> str:
     """In a freshly forked program (already in its cgroup and PID namespace): own
-    IPC+mount namespaces with a fresh /tmp (and /proc, when in a PID namespace of
+    IPC+mount namespaces with a fresh /tmp/work (and /proc, when in a PID namespace of
     its own), then ``drop_privileges``. Returns the working directory."""
     unshare(CLONE_NEWNS | CLONE_NEWIPC)
-    mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=0711,size={SCRATCH_SIZE}")
-    os.mkdir(WORKDIR, 0o700)
-    if uid is not None:
-        os.chown(WORKDIR, uid, uid)
+    # On /tmp/work, not over /tmp: a venv under /tmp (a CI checkout) stays visible.
+    owner = f",uid={uid},gid={uid}" if uid is not None else ""
+    mount("tmpfs", WORKDIR, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=0700,size={SCRATCH_SIZE}{owner}")
     if fresh_proc:
         mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     return drop_privileges(uid, WORKDIR, limits, seccomp)

@@ -69,7 +69,7 @@ class WorkerState:
     cgroup: SlotCgroup | None = None
     pidns: PidNamespaces | None = None
     namespaces: bool = False
-    program_ns: bool = True  # IPC + mount namespace, fresh /tmp and /proc per program
+    program_ns: bool = True  # IPC + mount namespace, fresh /tmp/work and /proc per program
     seccomp: bool = True
     spawner: "Spawner | None" = None
 
@@ -173,7 +173,7 @@ def _isolate(config: dict[str, Any]) -> tuple[WorkerState, dict[str, Any]]:
             state.cgroup.remove()
         raise
     layers.update({"netns": "on", "mountns": "on", "root": "minimal, read-only", "uid": f"{base}/{base + 1}",
-                   "program_ns": "on: IPC+mount namespace, fresh /tmp" if state.program_ns else "off: disabled",
+                   "program_ns": "on: IPC+mount namespace, fresh /tmp/work" if state.program_ns else "off: disabled",
                    "seccomp": "on: keyring refused" if state.seccomp else "off: disabled"})
     # Leftovers of a predecessor in this slot that crashed (grandchildren do
     # not get its parent-death signal) would count against RLIMIT_NPROC.
