@@ -58,7 +58,9 @@ FILE_SIZE_LIMIT = 16 << 20
 OPEN_FILES_LIMIT = 256
 PROCESS_LIMIT = 64
 WORKDIR = "/tmp/work"
-UID_BASE, UID_BLOCK, UID_BLOCKS = 1_000_000, 1024, 4096
+# Above the fixed 1,000,000 that pools used before ranges were allocated, so an
+# older copy running on the same host cannot share (or kill) our uids.
+UID_BASE, UID_BLOCK, UID_BLOCKS = 1 << 20, 1024, 4096
 UID_LOCK_DIR = "/run/lock/factory-code-uids"
 # System directories the interpreter and its extension modules load from.
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
