@@ -1028,3 +1028,19 @@ def test_class9_program_strings_are_stored_as_valid_utf8(pool, tmp_path):
     summary = verify_code_file(rows, workers=1)
     written = Path(summary["verdicts"]).read_text(encoding="utf-8")
     assert "ValueError" in written and "\\\\ud800" in written
+
+
+@needs_sandbox
+def test_layers_that_are_off_are_reported_and_the_rest_still_holds():
+    with SandboxPool(1, without_layers=("cgroup", "pidns")) as degraded:
+        layers = degraded.info["layers"]
+        assert layers["cgroup"].startswith("off") and layers["pidns"].startswith("off")
+        assert "cgroup" not in degraded.info["isolation"] and "uid" in degraded.info["isolation"]
+        tests = asserts(["assert f(1) == 2"])
+        assert degraded.run_tests("def f(x):\n    return x + 1\n", tests).passed
+        spin = degraded.run_tests("while True:\n    pass\n", tests, timeout_s=0.5)
+        assert spin.status == "timeout" and "wall" not in spin.detail and "CPU" not in spin.detail
+        assert not degraded.run_tests(HACKS["__eq__ always True"], HACK_TESTS).passed
+        assert not sandbox_processes(degraded)
+    with pytest.raises(ValueError, match="^without_layers: expected"):
+        SandboxPool(1, without_layers=("network",))

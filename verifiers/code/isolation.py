@@ -428,7 +428,16 @@ class PidNamespaces:
 
     def __init__(self) -> None:
         self.own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-        # Whether the kernel allows it shows at the start-up probe's fork.
+        try:  # one real round, so that a kernel that refuses says so here, not at a program's fork
+            self.next_fork()
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+            self.after_fork()
+            os.waitpid(pid, 0)
+        except OSError:
+            os.close(self.own)
+            raise
 
     def next_fork(self) -> None:
         unshare(CLONE_NEWPID)

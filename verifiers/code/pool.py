@@ -134,8 +134,12 @@ class SandboxPool:
         return self
 
     def _ready(self, worker: _Worker) -> None:
+        first = not self.info
         self.info = worker.ready()
         self._cgroups.update(self.info.get("cgroup_paths", ()))
+        for layer, state in self.info.get("layers", {}).items():
+            if first and state.startswith("off:") and state != "off: disabled":
+                log.warning("code sandbox: layer %s is %s; continuing without it", layer, state)
 
     def close(self) -> None:
         for worker in self.workers:

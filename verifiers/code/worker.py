@@ -186,14 +186,14 @@ def _isolate(config: dict[str, Any]) -> tuple[WorkerState, dict[str, Any]]:
 
 
 def _optional(what: str, build: Callable[[], Any], disabled: bool = False) -> tuple[Any, str]:
-    """A layer the sandbox can do without: (layer, "on") or (None, "off: reason"), logged."""
+    """A layer the sandbox can do without: (layer, "on") or (None, "off: reason");
+    the pool logs the reason once."""
     if disabled:
         return None, "off: disabled"
     try:
         return build(), "on"
     except OSError as exc:
-        log.warning("code sandbox: no %s (%s); continuing without it", what, exc)
-        return None, f"off: {exc}"
+        return None, f"off: no {what} here ({exc})"
 
 
 def _probe(state: WorkerState) -> None:
