@@ -659,6 +659,13 @@ def test_class1_test_names_come_from_trusted_code_not_the_program(pool):
     undeclared = asserts(["assert math.isclose(f(1), 2.0)"])
     assert not pool.run_tests(fake_math, undeclared).passed
     assert pool.run_tests("import math\ndef f(x):\n    return 2.0\n", undeclared).passed
+    # Nor is any name the program supplies a namespace the tests can be made to trust.
+    fake_namespaces = ("class math:\n    isclose = staticmethod(lambda *a, **k: True)\n",
+                       "class _N:\n    def allclose(self, *a):\n        return True\nnp = _N()\n")
+    for fake in fake_namespaces:
+        for line in ("assert math.isclose(f(1), 2.0)", "assert np.allclose(f(1), 2.0)"):
+            verdict = pool.run_tests(fake + "def f(x):\n    return 0\n", asserts([line]))
+            assert verdict.status == "failed", (fake, line, verdict)
     # Setup-defined helpers, and names the tests never use, stay the test side's.
     setup_tests = asserts(["assert f(2) == expected(2)"], setup="def expected(x):\n    return x * x\n")
     assert not pool.run_tests("def expected(x):\n    return 0\ndef f(x):\n    return 0\n", setup_tests).passed

@@ -329,12 +329,17 @@ _NEVER_REMOTE = (StopIteration, StopAsyncIteration, GeneratorExit)
 
 class RemoteObject:
     """A program object the test side may call, iterate or take attributes of,
-    but never compare, hash or test for truth (its class is the program's)."""
+    but never compare, hash or test for truth (its class is the program's).
 
-    __slots__ = ("_conn", "_index")
+    A *helper* (a global of the program the tests use, other than the entry
+    point, e.g. a ``Pair`` class) may be called and passed around, but not used
+    as a namespace: ``math.isclose(...)`` must never be the program's ``isclose``.
+    """
 
-    def __init__(self, conn: _Connection, index: int) -> None:
-        self._conn, self._index = conn, index
+    __slots__ = ("_conn", "_index", "_helper")
+
+    def __init__(self, conn: _Connection, index: int, helper: str = "") -> None:
+        self._conn, self._index, self._helper = conn, index, helper
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         on_other = _send_ref
@@ -344,6 +349,9 @@ class RemoteObject:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
+        if self._helper:
+            raise AttributeError(f"the tests may call the program's {self._helper!r} but not use it as a "
+                                 f"namespace ({self._helper}.{name})")
         return self._conn.request({"op": "getattr", "r": self._index, "name": name})
 
     def __iter__(self) -> Any:
@@ -496,6 +504,8 @@ def _build_env(tests: dict[str, Any], names: dict[str, Any], conn: _Connection) 
             conn._violate(f"program sent a bad value for {name!r}: {exc}")
         if name != entry and name in sys.stdlib_module_names and not isinstance(value, types.ModuleType):
             continue  # "math" must be the module, not whatever the program bound to it
+        if name != entry and isinstance(value, RemoteObject):
+            value = RemoteObject(conn, value._index, helper=name)
         env[name] = value
     return env, errors
 
