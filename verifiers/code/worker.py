@@ -98,7 +98,8 @@ class Budget:
         used = self.cgroup.cpu_s() - self.cpu0
         if used >= self.timeout_s:
             return f"no result within {self.timeout_s:g}s of CPU time"
-        return f"no result within {self.wall_s:g}s of wall-clock time ({used:.2f}s of CPU)"
+        return (f"no result within {self.wall_s:g}s of wall-clock time "
+                f"({used:.2f}s of the {self.timeout_s:g}s CPU limit used)")
 
 
 def main() -> None:
