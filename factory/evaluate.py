@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from factory.errors import FactoryError
+from factory.errors import FactoryError, UsageError
 from factory.models import R1_SYSTEM_PROMPT
 from factory.paths import BENCHMARKS_DIR, factory_home
 from verifiers.scoring import DEFAULT_CODE_TIMEOUT_S, Score, read_tests, score_code_batch, score_math_batch
@@ -72,20 +72,18 @@ def load_bench(bench: str, limit: int | None = None) -> tuple[str, BenchSpec, li
             raise FactoryError(f"--bench '{bench}': expected one of {', '.join(BENCHES)} or a .jsonl file of math problems")
         spec, name = BenchSpec(str(path), "math"), path.stem
     if limit is not None and limit < 1:
-        raise ValueError(f"limit: expected an integer >= 1, got {limit}")
+        raise UsageError(f"--limit: expected a number of problems >= 1, got {limit}")
+    from factory.sources import read_jsonl
+
     problems = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            missing = [f for f in (spec.problem_field, spec.answer_field) if f and f not in row]
-            if missing:
-                raise FactoryError(f"{path}:{number}: missing field(s) {', '.join(missing)}")
-            gold = str(row[spec.answer_field]) if spec.answer_field else None
-            problems.append(Problem(str(row.get(spec.id_field, number)), row[spec.problem_field], gold, row))
-            if limit is not None and len(problems) >= limit:
-                break
+    for number, row in enumerate(read_jsonl(path), 1):
+        missing = [f for f in (spec.problem_field, spec.answer_field) if f and f not in row]
+        if missing:
+            raise FactoryError(f"{path}:{number}: missing field(s) {', '.join(missing)}")
+        gold = str(row[spec.answer_field]) if spec.answer_field else None
+        problems.append(Problem(str(row.get(spec.id_field, number)), row[spec.problem_field], gold, row))
+        if limit is not None and len(problems) >= limit:
+            break
     if not problems:
         raise FactoryError(f"--bench '{bench}': no problems in {path}")
     return name, spec, problems
@@ -210,9 +208,9 @@ def run_eval(
 ) -> EvalReport:
     """Evaluate `model` (and `baseline`, if given) on `bench`; results are also written to the store."""
     if k < 1:
-        raise ValueError(f"k: expected an integer >= 1, got {k}")
+        raise UsageError(f"-k: expected samples per problem >= 1, got {k}")
     if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens: expected an integer >= 1, got {max_new_tokens}")
+        raise UsageError(f"--max-new-tokens: expected an integer >= 1, got {max_new_tokens}")
     bench_name, spec, problems = load_bench(bench, limit)
     settings = {"k": k, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens, "limit": limit, "seed": seed, "backend": backend}
     report = _evaluate_one(model, bench_name, spec, problems, settings, batch_size, output_name)

@@ -486,6 +486,11 @@ def run_filter(
 ) -> FilterReport:
     """Apply a run's filter steps (or those of `recipe`), then per-prompt selection. Resumable, idempotent."""
     store = open_run(run)
+    with store.lock("filter"):
+        return _filter_run(store, recipe=recipe, only=only, recompute=recompute, progress=progress)
+
+
+def _filter_run(store: RunStore, *, recipe: str | None, only: Sequence[str] | None, recompute: bool, progress: bool) -> FilterReport:
     manifest = store.read_manifest()
     config = _filter_config(manifest, recipe)
     steps = build_steps(config.filters)
@@ -535,6 +540,8 @@ def _candidates(rows: list[Row], before: list[FilterStep], state: dict[str, dict
         unverified = False
         for prev in before:
             verdict = state[prev.name].get(sid)
+            if verdict is None and _judge_not_asked(prev, sid, state):
+                continue  # a rule verified it: later steps take it as the judge would have
             if verdict is None or verdict.passed is False:
                 ok = False
                 break
@@ -554,11 +561,19 @@ def _candidates(rows: list[Row], before: list[FilterStep], state: dict[str, dict
     return out
 
 
+def _judge_not_asked(step: FilterStep, sample_id: str, state: dict[str, dict[str, StepVerdict]]) -> bool:
+    """The judge (applies_to: unverified) is not asked about a sample the correctness step verified."""
+    if step.name != "judge" or step.params.get("applies_to", "unverified") != "unverified":
+        return False
+    verified = state.get("correctness", {}).get(sample_id)
+    return verified is not None and verified.passed is True
+
+
 def _accepted(sample_id: str, steps: list[FilterStep], state: dict[str, dict[str, StepVerdict]]) -> bool:
     names = [s.name for s in steps]
     for step in steps:
         verdict = state[step.name].get(sample_id)
-        if step.name == "judge" and verdict is None:
+        if verdict is None and _judge_not_asked(step, sample_id, state):
             continue  # not asked: a rule verified it
         if verdict is None or verdict.passed is False:
             return False

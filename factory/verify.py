@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from factory.errors import FactoryError
+from factory.text import escape_surrogates_in
 
 log = logging.getLogger(__name__)
 
@@ -16,11 +17,10 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     """Rows of a JSONL or Parquet file; bad files are one-line errors naming the file and line."""
     if not path.exists():
         raise FactoryError(f"{path}: file not found")
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
+    from factory.sources import open_parquet, read_jsonl
 
-        return pq.read_table(path).to_pylist()
-    from factory.sources import read_jsonl
+    if path.suffix == ".parquet":
+        return open_parquet(path).read().to_pylist()
 
     return list(read_jsonl(path))
 
@@ -39,10 +39,13 @@ def _flag(field: str) -> str:
 
 def write_records(rows: list[dict[str, Any]], out_path: Path) -> None:
     tmp = out_path.with_name(f".{out_path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-    tmp.replace(out_path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(escape_surrogates_in(row), ensure_ascii=False, default=str) + "\n")
+        tmp.replace(out_path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write (disk full) leaves no partial file
 
 
 def verify_math_file(path: Path, *, gold_field: str = "gold", response_field: str = "response",
