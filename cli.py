@@ -154,11 +154,13 @@ def mix(
 
     report = run_mix(recipe, overrides)
     table = Table(title=f"mix → dataset '{report.dataset}' ({report.samples} samples)")
-    for col in ("run", "quota", "curated", "taken"):
+    for col in ("run", "quota", "curated", "duplicates dropped", "taken"):
         table.add_column(col, justify="right" if col != "run" else "left")
     for c in report.components:
-        table.add_row(c.run, str(c.quota), str(c.available), str(c.taken))
+        table.add_row(c.run, str(c.quota), str(c.available), str(c.duplicates_dropped), str(c.taken))
     out.print(table)
+    if report.duplicates_dropped:
+        out.print(f"dropped {report.duplicates_dropped} exact prompt+response duplicates across runs (dedup_exact: false keeps them)")
     out.print(f"written to {report.path}")
 
 

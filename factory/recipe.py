@@ -227,6 +227,7 @@ class MixRecipe(Strict):
     scale: float = Field(default=1.0, gt=0)  # 1.0 = paper scale (600K + 200K); small runs take what exists
     stratify_by: list[Literal["task_type", "source", "teacher_role"]] = Field(default_factory=lambda: ["task_type", "source"])
     components: list[MixComponent] = Field(min_length=1)
+    dedup_exact: bool = True  # drop a sample whose prompt + response is already in the mix (earlier components win)
     output: OutputConfig
 
 

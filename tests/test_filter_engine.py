@@ -232,3 +232,31 @@ def test_step_settings_are_typed_and_hash_their_validated_values() -> None:
         STEPS["dedup"].from_config({"colour": "blue"})
     with pytest.raises(ValueError, match="^threshold: "):
         STEPS["dedup"].from_config({"threshold": 1.5})
+
+
+# ---------------------------------------------------------------- mix
+def test_mix_drops_exact_duplicates_across_runs_and_says_how_many(replay_home: Path, tmp_path: Path) -> None:
+    """The same traces imported as two runs: the second run's curated samples are all duplicates."""
+    write_traces(tmp_path, 400)
+    for name in ("first", "second"):
+        run_cli("generate", "--recipe", str(replay_recipe(tmp_path, name)), "--quiet", home=replay_home)
+        run_cli("filter", "--run", name, "--quiet", home=replay_home)
+    from factory.filter import read_accepted_ids
+    from factory.store import RunStore
+
+    curated = len(read_accepted_ids(RunStore(replay_home / "runs" / "first")))
+    assert curated == len(read_accepted_ids(RunStore(replay_home / "runs" / "second"))) > 0
+    mix = tmp_path / "mix.yaml"
+    mix.write_text("kind: mix\nname: m\nseed: 3\ncomponents:\n  - {run: first, quota: 100000}\n  - {run: second, quota: 100000}\n"
+                   "output: {dataset: m}\n")
+    proc = run_cli("mix", "--recipe", str(mix), home=replay_home)
+    assert f"dropped {curated} exact prompt+response duplicates" in proc.stdout
+    data = pq.read_table(replay_home / "datasets" / "m" / "data" / "part-00000.parquet")
+    assert data.num_rows == curated and set(data.column("run").to_pylist()) == {"first"}
+    manifest = json.loads((replay_home / "datasets" / "m" / "manifest.json").read_text())
+    assert manifest["duplicates_dropped"] == curated
+    assert [c["duplicates_dropped"] for c in manifest["components"]] == [0, curated]
+    pairs = [(m[-2]["content"], m[-1]["reasoning_content"], m[-1]["content"]) for m in data.column("messages").to_pylist()]
+    assert len(set(pairs)) == len(pairs)
+    run_cli("mix", "--recipe", str(mix), "dedup_exact=false", home=replay_home)
+    assert pq.read_metadata(replay_home / "datasets" / "m" / "data" / "part-00000.parquet").num_rows == 2 * curated
