@@ -306,6 +306,17 @@ class EngineRun:
             self.reasons[(step, code)] += number
 
     def _per_sample(self, step: FilterStep, todo: np.ndarray, chash: str, status: np.ndarray, bar: RateProgress) -> None:
+        if not step.in_process and hasattr(self.executor, "filter_dataset"):
+            # A cluster executor reads the shards on its workers; verdicts come back in chunks.
+            shards = [str(p) for p in self.store.sample_shards()]
+            for table in self.executor.filter_dataset(step, shards, self.index.ids.filter(pa.array(todo)), self.chunk_rows):
+                if table.num_rows:
+                    verdicts = (StepVerdict(p, c, r, s, json.loads(d) if d else None) for p, c, r, s, d in zip(
+                        *(table.column(k).to_pylist() for k in ("passed", "code", "reason", "score", "detail"))))
+                    self._write(step.name, self.index.positions(table.column("sample_id")),
+                                table.column("sample_id").to_pylist(), verdicts, chash, status)
+                    bar.update(table.num_rows)
+            return
         columns = list(dict.fromkeys(["sample_id", *step.input_columns()]))
         chunks = rechunk(self.index.batches(self.store, columns, todo, self.batch_rows), self.chunk_rows)
         with_ids = (((positions, table.column("sample_id")), table) for positions, table in chunks)
@@ -320,17 +331,29 @@ class EngineRun:
 
     def _whole_run(self, step: FilterStep, candidates: np.ndarray, todo: np.ndarray, chash: str, status: np.ndarray,
                    bar: RateProgress) -> None:
+        positions = np.flatnonzero(candidates)
+        if step.lsh_grouping and not step.has_reference() and hasattr(self.executor, "group_duplicates"):
+            ids = self.index.ids.take(pa.array(positions))
+            decided = self.executor.group_duplicates(step, [str(p) for p in self.store.sample_shards()], ids,
+                                                     self.index.text_len[positions])
+            self._write_decided(step, positions, ids.to_pylist(), decided, todo, chash, status, bar)
+            return
         columns = list(dict.fromkeys(["sample_id", *step.input_columns()]))
         args = step_args(step)
         reference = list(self.executor.map(sketch_task, args, ((ids, t) for ids, t in step.reference_batches())))
         parts = self.index.batches(self.store, columns, candidates, self.batch_rows)
         sketches = [s for _, s in self.executor.map(sketch_task, args, ((None, t) for _, t in rechunk(parts, self.chunk_rows)))]
-        positions = np.flatnonzero(candidates)
         state = sum(getattr(a, "nbytes", 0) for s in sketches for a in vars(s).values() if isinstance(a, np.ndarray))
         log.info("filter %s: whole-run state of %d samples is %.1f MB in memory (ids, lengths, sketches; no text)",
                  step.name, len(positions), state / 1e6)
         ids = self.index.ids.take(pa.array(positions)).to_pylist()
-        verdicts = iter(step.decide(ids, self.index.text_len[positions].tolist(), sketches, reference))
+        decided = step.decide(ids, self.index.text_len[positions].tolist(), sketches, reference)
+        self._write_decided(step, positions, ids, decided, todo, chash, status, bar)
+
+    def _write_decided(self, step: FilterStep, positions: np.ndarray, ids: list[str], decided: Iterable[StepVerdict],
+                       todo: np.ndarray, chash: str, status: np.ndarray, bar: RateProgress) -> None:
+        """A whole-run step's verdicts, in chunks, written only for samples not already decided."""
+        verdicts = iter(decided)
         need = todo[positions]
         for start in range(0, len(positions), self.chunk_rows):
             batch = [next(verdicts) for _ in range(min(self.chunk_rows, len(positions) - start))]

@@ -260,3 +260,22 @@ def test_mix_drops_exact_duplicates_across_runs_and_says_how_many(replay_home: P
     assert len(set(pairs)) == len(pairs)
     run_cli("mix", "--recipe", str(mix), "dedup_exact=false", home=replay_home)
     assert pq.read_metadata(replay_home / "datasets" / "m" / "data" / "part-00000.parquet").num_rows == 2 * curated
+
+
+# ---------------------------------------------------------------- Ray
+def test_ray_executor_on_a_local_cluster_gives_the_local_verdicts(replayed_run: Path, tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray", reason='the Ray executor is an optional extra: pip install -e ".[ray]"')
+    from factory.filter import run_filter
+
+    local_copy = tmp_path / "local-copy" / "replayed"
+    shutil.copytree(replayed_run, local_copy)
+    run_filter(str(local_copy), progress=False, workers=2)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        report = run_filter("replayed", progress=False, executor="ray")
+        assert report.executor == "ray" and report.workers == 2
+        assert latest_verdicts(replayed_run) == latest_verdicts(local_copy)
+        again = run_filter("replayed", progress=False, executor="ray")  # resume: nothing left to decide
+        assert all(s.computed == 0 for s in again.steps)
+    finally:
+        ray.shutdown()

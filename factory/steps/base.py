@@ -24,6 +24,9 @@ resolves_unverified  takes the samples an earlier ``verifies`` step left unverif
                      judge); with ``only_unverified()`` it takes nothing else.
 in_process           runs in the engine's process (holds a model or a server connection),
                      not on the worker pool.
+lsh_grouping         a whole-run step whose state is exact keys and MinHash signatures
+                     (``sketch`` returns a verifiers.dedup.Sketch), so a cluster executor can
+                     group it by key (LSH bands) instead of gathering it on one node.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ class FilterStep:
     verifies: ClassVar[bool] = False
     resolves_unverified: ClassVar[bool] = False
     in_process: ClassVar[bool] = False
+    lsh_grouping: ClassVar[bool] = False
 
     def __init__(self, params: StepParams | None = None) -> None:
         self.params = params if params is not None else self.Params()
@@ -102,6 +106,10 @@ class FilterStep:
                reference: Sequence[tuple[Sequence[str], Any]]) -> list[StepVerdict]:
         """Verdicts for every candidate from the sketches of all of them (and of reference data)."""
         raise NotImplementedError
+
+    def has_reference(self) -> bool:
+        """Whether `reference_batches` yields anything (data from outside the run)."""
+        return False
 
     def reference_batches(self) -> typing.Iterable[tuple[list[str], pa.Table]]:
         """(reference ids, batch) of data a whole-run step compares against (other runs)."""

@@ -38,6 +38,7 @@ class DedupStep(FilterStep):
     name = "dedup"
     Params = DedupStepParams
     whole_run = True
+    lsh_grouping = True
 
     def input_columns(self) -> list[str]:
         return ["prompt", "text"] if self.params.field == "both" else [self.params.field]
@@ -72,6 +73,9 @@ class DedupStep(FilterStep):
             else:
                 out.append(StepVerdict(False, f"duplicate_{v.kind}", f"duplicate_{v.kind}: of {v.duplicate_of}", v.similarity, detail))
         return out
+
+    def has_reference(self) -> bool:
+        return bool(self.params.against_runs)
 
     def reference_batches(self) -> Iterable[tuple[list[str], pa.Table]]:
         from factory.filter import read_accepted_ids
