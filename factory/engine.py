@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -243,6 +244,7 @@ class StepCount:
     unverifiable: int = 0
     computed: int = 0
     reused: int = 0
+    seconds: float = 0.0
 
 
 @dataclass
@@ -259,6 +261,7 @@ class EngineRun:
     reasons: Counter = field(default_factory=Counter)
 
     def apply(self, step: FilterStep, candidates: np.ndarray, *, recompute: bool, compute: bool) -> StepCount:
+        started = time.perf_counter()
         n = len(self.index)
         chash = step.config_hash()
         if step.whole_run:
@@ -283,6 +286,7 @@ class EngineRun:
         count.passed = int((decided == PASS).sum())
         count.rejected = int((decided == FAIL).sum())
         count.unverifiable = int((decided == UNSURE).sum())
+        count.seconds = round(time.perf_counter() - started, 3)
         return count
 
     def _load(self, step: str, chash: str, status: np.ndarray) -> None:

@@ -279,3 +279,33 @@ def test_ray_executor_on_a_local_cluster_gives_the_local_verdicts(replayed_run: 
         assert all(s.computed == 0 for s in again.steps)
     finally:
         ray.shutdown()
+
+
+def test_ray_filter_killed_at_random_points_resumes_to_the_same_verdicts(replay_home: Path, tmp_path: Path) -> None:
+    """SIGKILL `factory filter --executor ray` mid-run, then finish: every (sample, step) decided once,
+    verdicts equal to an uninterrupted local run."""
+    pytest.importorskip("ray", reason='the Ray executor is an optional extra: pip install -e ".[ray]"')
+    from collections import Counter
+
+    from tests.test_generate import kill_at_random_points
+
+    write_traces(tmp_path, 6_000)
+    run_cli("generate", "--recipe", str(replay_recipe(tmp_path)), "--quiet", home=replay_home)
+    run_dir = replay_home / "runs" / "replayed"
+    local_copy = tmp_path / "local-copy" / "replayed"
+    shutil.copytree(run_dir, local_copy)
+    run_cli("filter", "--run", str(local_copy), "--quiet", home=replay_home)
+
+    def decided() -> int:
+        return sum(pq.read_metadata(p).num_rows for p in (run_dir / "verdicts").rglob("part-*.parquet")) \
+            if (run_dir / "verdicts").exists() else 0
+
+    args = ["filter", "--run", "replayed", "--quiet", "--executor", "ray", "--workers", "2"]
+    kills = kill_at_random_points(args, home=replay_home, progress=decided, rng=random.Random(4), max_delay_s=2.0,
+                                  attempts=2)
+    assert kills >= 1 and decided() < sum(1 for _ in latest_verdicts(local_copy))
+    run_cli(*args, home=replay_home)
+    rows = [(r["sample_id"], r["step"]) for p in (run_dir / "verdicts").rglob("part-*.parquet")
+            for r in pq.read_table(p, columns=["sample_id", "step"]).to_pylist()]
+    assert max(Counter(rows).values()) == 1  # nothing decided twice
+    assert latest_verdicts(run_dir) == latest_verdicts(local_copy)
