@@ -289,7 +289,7 @@ def test_ray_filter_killed_at_random_points_resumes_to_the_same_verdicts(replay_
 
     from tests.test_generate import kill_at_random_points
 
-    write_traces(tmp_path, 6_000)
+    write_traces(tmp_path, 4_000)
     run_cli("generate", "--recipe", str(replay_recipe(tmp_path)), "--quiet", home=replay_home)
     run_dir = replay_home / "runs" / "replayed"
     local_copy = tmp_path / "local-copy" / "replayed"
