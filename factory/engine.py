@@ -70,8 +70,10 @@ class LocalExecutor:
                 yield meta, fn(*args, payload)
             return
         if self._pool is None:
-            # forkserver: workers start from a clean process, not a copy of this one's index and threads.
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=get_context("forkserver"))
+            # spawn: workers start clean (not a copy of this process's index and threads), as its children,
+            # so that they die with it: a SIGKILLed filter leaves no worker behind.
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"),
+                                             initializer=_die_with_parent, initargs=(os.getpid(),))
         pending: list[tuple[Any, Future]] = []
         for meta, payload in items:
             pending.append((meta, self._pool.submit(fn, *args, payload)))
@@ -95,6 +97,20 @@ def default_workers() -> int:
 
 
 # ---------------------------------------------------------------- worker side
+def _die_with_parent(parent: int) -> None:
+    """Exit when the engine process dies, even by SIGKILL (Linux: the kernel's parent-death signal)."""
+    import signal
+
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the pool's own shutdown is all there is
+    if os.getppid() != parent:  # it died before the signal was armed
+        os._exit(1)
+
+
 @functools.lru_cache(maxsize=16)
 def _step(cls: type[FilterStep], params_json: str) -> FilterStep:
     # Built once per worker process (the decontam index takes seconds), not once per chunk.
@@ -166,18 +182,19 @@ class RunIndex:
                 ) -> Iterator[tuple[np.ndarray, pa.Table]]:
         """(positions, rows) of the samples under `mask`, `columns` only; row groups with none are not read."""
         offset = 0
-        files: dict[str, pq.ParquetFile] = {}
+        opened: tuple[str, pq.ParquetFile] | None = None  # the shard being read (row groups come in shard order)
         for path, group, rows in self.groups:
             wanted = mask[offset:offset + rows]
             if wanted.any():
-                parquet = files.get(path) or files.setdefault(path, pq.ParquetFile(path))
+                if opened is None or opened[0] != path:
+                    opened = (path, pq.ParquetFile(path))
+                parquet = opened[1]
                 start = offset
                 for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[group], columns=list(columns)):
                     keep = mask[start:start + batch.num_rows]
                     if keep.any():
                         yield np.flatnonzero(keep) + start, pa.Table.from_batches([batch]).filter(pa.array(keep))
                     start += batch.num_rows
-                files.pop(path) if len(files) > 4 else None
             offset += rows
 
 
