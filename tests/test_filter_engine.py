@@ -309,3 +309,20 @@ def test_ray_filter_killed_at_random_points_resumes_to_the_same_verdicts(replay_
             for r in pq.read_table(p, columns=["sample_id", "step"]).to_pylist()]
     assert max(Counter(rows).values()) == 1  # nothing decided twice
     assert latest_verdicts(run_dir) == latest_verdicts(local_copy)
+
+
+def test_a_small_memory_setting_means_small_chunks_and_the_same_verdicts(replayed_run: Path, tmp_path: Path) -> None:
+    from factory.filter import _batch_sizes, run_filter
+    from factory.store import RunStore
+
+    store = RunStore(replayed_run)
+    assert _batch_sizes(store, 4.0, 2)[1] == 2048 and _batch_sizes(store, 0.002, 2)[1] == 64
+    default_copy = tmp_path / "default-copy" / "replayed"
+    shutil.copytree(replayed_run, default_copy)
+    run_filter(str(default_copy), progress=False, workers=2)
+    small = tmp_path / "replayed.yaml"
+    small.write_text(small.read_text().replace("output:", "memory_gb: 0.002\noutput:"))
+    run_filter("replayed", recipe=str(small), progress=False, workers=2)
+    assert latest_verdicts(replayed_run) == latest_verdicts(default_copy)
+    format_shards = visible_shards(replayed_run / "verdicts" / "format")
+    assert len(format_shards) == -(-3_000 // 64)  # one verdict shard per 64-sample chunk
