@@ -36,17 +36,18 @@ import resource
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pyarrow as pa  # noqa: E402
+import pyarrow as pa
 
-from verifiers.format import check_boxed_answer, parse_think_format  # noqa: E402
-from verifiers.language import check_language_consistency  # noqa: E402
-from verifiers.readability import check_readability  # noqa: E402
-from verifiers.rules import run_rule_checks, run_rule_checks_parallel  # noqa: E402
+from verifiers.format import check_boxed_answer, parse_think_format
+from verifiers.language import check_language_consistency
+from verifiers.readability import check_readability
+from verifiers.rules import run_rule_checks, run_rule_checks_parallel
 
 RESULTS = Path(__file__).resolve().parent / "results" / "filter.json"
 CONFIG: dict[str, dict[str, Any]] = {"format": {}, "language": {"target": "en", "min_share": 0.95},
@@ -220,7 +221,7 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def engine_rule_steps(table: "pa.Table", workers: int) -> int:
+def engine_rule_steps(table: pa.Table, workers: int) -> int:
     """The rule steps as `factory filter` runs them: typed steps, 2,048-sample chunks, one process pool;
     each step gets the samples the previous one passed. Returns how many pass all three."""
     import numpy as np

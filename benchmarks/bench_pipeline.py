@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_filter import make_sample  # noqa: E402
+from bench_filter import make_sample
 
 RESULTS = REPO / "benchmarks" / "results" / "pipeline.json"
 RULE_STEPS = ("format", "language", "readability")

@@ -146,7 +146,7 @@ class RunIndex:
         return len(self.ids)
 
     @classmethod
-    def build(cls, store: RunStore, batch_rows: int) -> "RunIndex":
+    def build(cls, store: RunStore, batch_rows: int) -> RunIndex:
         ids, prompts, tasks, tokens, lengths = [], [], [], [], []
         groups: list[tuple[str, int, int]] = []
         for shard in store.sample_shards():

@@ -17,12 +17,18 @@ survivors. Each decision is a verdict row (passed, code, reason, score) in
 `verdicts/<step>/`; re-running recomputes nothing already decided with the
 same step settings unless `recompute` is asked. Whole-run steps (dedup,
 selection) are recomputed when their input set changes.
+
+The steps live in factory/steps/ (one typed class each, a registry); the streaming
+engine that runs them, a batch of projected columns at a time on one pool of worker
+processes, is factory/engine.py; `executor: ray` runs the same on Ray
+(factory/ray_executor.py). This module is the stage: recipe → steps → engine →
+selection → report.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -32,7 +38,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from factory.engine import CHUNK, FAIL, PASS, EngineRun, Executor, LocalExecutor, RunIndex, StepCount, candidate_mask
+from factory.engine import (
+    CHUNK,
+    PASS,
+    EngineRun,
+    Executor,
+    LocalExecutor,
+    RunIndex,
+    StepCount,
+    candidate_mask,
+)
 from factory.errors import FactoryError, RecipeError
 from factory.recipe import GenerateRecipe, SelectionConfig, load_recipe
 from factory.steps import STEPS, FilterStep, StepVerdict
@@ -43,8 +58,18 @@ log = logging.getLogger(__name__)
 Row = dict[str, Any]
 SELECTION_STEP = "selection"
 DEFAULT_MEMORY_GB = 4.0
-__all__ = ["run_filter", "FilterReport", "StepCount", "StepVerdict", "STEPS", "build_steps", "validate_filter_configs",
-           "read_accepted_ids", "build_acceptor", "rank_for_selection"]
+__all__ = [
+    "STEPS",
+    "FilterReport",
+    "StepCount",
+    "StepVerdict",
+    "build_acceptor",
+    "build_steps",
+    "rank_for_selection",
+    "read_accepted_ids",
+    "run_filter",
+    "validate_filter_configs",
+]
 
 
 # ---------------------------------------------------------------- steps from a recipe

@@ -7,7 +7,6 @@ import json
 import random
 import shutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -158,9 +157,9 @@ class ShoutStep(FilterStep):
 
 def test_a_toy_step_is_one_class_and_one_registry_line(replay_home: Path, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from factory.errors import RecipeError
     from factory.filter import run_filter
     from factory.recipe import load_recipe
-    from factory.errors import RecipeError
 
     monkeypatch.setitem(STEPS, "shout", ShoutStep)
     (tmp_path / "traces.jsonl").write_text("".join(json.dumps(t) + "\n" for t in [

@@ -40,7 +40,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 
 
 @dataclass(frozen=True)
@@ -74,7 +80,7 @@ class FilterStep:
         self.params = params if params is not None else self.Params()
 
     @classmethod
-    def from_config(cls, settings: dict[str, Any]) -> "FilterStep":
+    def from_config(cls, settings: dict[str, Any]) -> FilterStep:
         """Validate a recipe entry (without ``step``); raises ValueError('<key>: message')."""
         try:
             return cls(cls.Params.model_validate(settings))

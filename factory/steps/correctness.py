@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pyarrow as pa
-from pydantic import Field, field_validator
+from pydantic import field_validator
 
 from factory.errors import FactoryError
 from factory.steps.base import FilterStep, StepParams, StepVerdict, rows_of
@@ -49,7 +49,7 @@ class CorrectnessParams(StepParams):
     @classmethod
     def _flag(cls, value: Any) -> Any:
         if not isinstance(value, bool):
-            raise ValueError(f"expected true or false, got {value!r}")
+            raise ValueError(f"expected true or false, got {value!r}")  # noqa: TRY004 (pydantic reports ValueError only)
         return value
 
 
@@ -96,7 +96,12 @@ class CorrectnessStep(FilterStep):
         return out
 
     def _verify_code(self, rows: list[Row]) -> list[StepVerdict]:
-        from verifiers.code import CodeTests, SandboxUnavailable, extract_code, run_batch
+        from verifiers.code import (
+            CodeTests,
+            SandboxUnavailable,
+            extract_code,
+            run_batch,
+        )
 
         items, out_index = [], []
         out: list[StepVerdict | None] = [None] * len(rows)

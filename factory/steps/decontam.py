@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
-from pydantic import Field, field_validator
+from pydantic import field_validator
 
 from factory.steps.base import FilterStep, StepParams, StepVerdict
 
@@ -30,7 +30,7 @@ class DecontamParams(StepParams):
     @classmethod
     def _flag(cls, value: Any) -> Any:
         if not isinstance(value, bool):
-            raise ValueError(f"expected true or false, got {value!r}")
+            raise ValueError(f"expected true or false, got {value!r}")  # noqa: TRY004 (pydantic reports ValueError only)
         return value
 
     @field_validator("fields", mode="before")

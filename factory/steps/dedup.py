@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -11,7 +11,13 @@ from pydantic import model_validator
 
 from factory.errors import FactoryError
 from factory.steps.base import FilterStep, StepParams, StepVerdict
-from verifiers.dedup import DEFAULT_THRESHOLD, DedupParams, Deduplicator, Sketch, sketch_batch
+from verifiers.dedup import (
+    DEFAULT_THRESHOLD,
+    Deduplicator,
+    DedupParams,
+    Sketch,
+    sketch_batch,
+)
 
 
 class DedupStepParams(StepParams):
@@ -26,7 +32,7 @@ class DedupStepParams(StepParams):
     workers: int | None = None           # kept for old recipes; the run's `workers:` sizes the pool
 
     @model_validator(mode="after")
-    def _check(self) -> "DedupStepParams":
+    def _check(self) -> DedupStepParams:
         self.dedup_params()
         return self
 

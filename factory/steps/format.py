@@ -6,7 +6,13 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-from factory.steps.base import FilterStep, StepVerdict, from_verifier, params_from_config, rows_of
+from factory.steps.base import (
+    FilterStep,
+    StepVerdict,
+    from_verifier,
+    params_from_config,
+    rows_of,
+)
 from verifiers.format import FormatConfig, check_think_format, validate_format_params
 
 

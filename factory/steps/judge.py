@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import pyarrow as pa
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from factory.recipe import TeacherConfig
 from factory.steps.base import FilterStep, StepParams, StepVerdict, rows_of
@@ -43,7 +43,7 @@ class JudgeParams(StepParams):
     def _teacher(cls, value: dict[str, Any]) -> dict[str, Any]:
         try:
             TeacherConfig.model_validate({"role": "v3", **value})
-        except Exception as exc:  # pydantic's message is multi-line; keep the first error
+        except ValidationError as exc:  # pydantic's message is multi-line; keep the first error
             first = str(exc).splitlines()[1:3]
             raise ValueError(" ".join(s.strip() for s in first)) from None
         return value

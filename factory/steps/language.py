@@ -6,8 +6,18 @@ from typing import Any
 
 import pyarrow as pa
 
-from factory.steps.base import FilterStep, StepVerdict, from_verifier, params_from_config, rows_of
-from verifiers.language import LanguageConfig, check_language_consistency, validate_language_params
+from factory.steps.base import (
+    FilterStep,
+    StepVerdict,
+    from_verifier,
+    params_from_config,
+    rows_of,
+)
+from verifiers.language import (
+    LanguageConfig,
+    check_language_consistency,
+    validate_language_params,
+)
 
 
 def _with_target(settings: dict[str, Any]) -> dict[str, Any]:

@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from factory.steps.base import FilterStep, StepVerdict, from_verifier, params_from_config, rows_of
-from verifiers.readability import ReadabilityConfig, check_readability, validate_readability_params
+from factory.steps.base import (
+    FilterStep,
+    StepVerdict,
+    from_verifier,
+    params_from_config,
+    rows_of,
+)
+from verifiers.readability import (
+    ReadabilityConfig,
+    check_readability,
+    validate_readability_params,
+)
 
 
 class ReadabilityStep(FilterStep):
