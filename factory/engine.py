@@ -230,6 +230,7 @@ def candidate_mask(before: Sequence[FilterStep], status: dict[str, np.ndarray], 
     ok = np.ones(n, bool)
     unverified = np.zeros(n, bool)
     resolved = np.zeros(n, bool)
+    verified = np.zeros(n, bool)  # passed by a `verifies` step: an only_unverified resolver was not asked
     for prev in before:
         if prev.resolves_unverified:
             resolved |= status[prev.name] == PASS
@@ -237,9 +238,12 @@ def candidate_mask(before: Sequence[FilterStep], status: dict[str, np.ndarray], 
     for prev in before:
         st = status[prev.name]
         if prev.resolves_unverified:
-            ok &= (st == MISSING) | (st == PASS)
+            not_asked = (st == MISSING) & verified if prev.only_unverified() else np.zeros(n, bool)
+            ok &= (st == PASS) | not_asked
             continue
         ok &= (st == PASS) | (st == UNSURE)
+        if prev.verifies:
+            verified |= st == PASS
         if prev.verifies and resolver:
             unverified |= st == UNSURE
         elif prev.verifies:

@@ -135,14 +135,21 @@ def run_filter(
     `workers` and `executor` override the recipe's (default: one process per core, local).
     """
     store = open_run(run)
+    if workers is not None and (isinstance(workers, bool) or workers < 1):
+        raise FactoryError(f"--workers {workers}: expected an integer >= 1")
+    with store.lock("filter"):
+        return _filter_run(store, recipe=recipe, only=only, recompute=recompute, progress=progress, workers=workers,
+                           executor=executor)
+
+
+def _filter_run(store: RunStore, *, recipe: str | None, only: Sequence[str] | None, recompute: bool, progress: bool,
+                workers: int | None, executor: str | None) -> FilterReport:
     config = _filter_config(store.read_manifest(), recipe)
     steps = build_steps(config.filters)
     if only:
         unknown = [name for name in only if name not in {s.name for s in steps} | {SELECTION_STEP}]
         if unknown:
             raise FactoryError(f"--only {unknown[0]}: not a step of this run (steps: {', '.join(s.name for s in steps)}, selection)")
-    if workers is not None and (isinstance(workers, bool) or workers < 1):
-        raise FactoryError(f"--workers {workers}: expected an integer >= 1")
     runner = _executor(executor or config.executor, workers or config.workers, store)
     try:
         return _run(store, steps, config, runner, only=only, recompute=recompute, progress=progress,

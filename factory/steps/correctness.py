@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 from pydantic import field_validator
@@ -21,6 +20,14 @@ class CorrectnessParams(StepParams):
     memory_mb: int = 512                    # per program run
     workers: int | None = None              # kept for old recipes; the run's `workers:` sizes the pool
     unsafe_no_sandbox: bool = False         # run code without the sandbox (trusted data only)
+    policy: Literal["strict", "lenient"] = "strict"  # math: lenient also reads the last number of the last sentence
+
+    @field_validator("policy", mode="before")
+    @classmethod
+    def _policy(cls, value: Any) -> Any:
+        if value not in ("strict", "lenient"):
+            raise ValueError(f"expected 'strict' or 'lenient', got {value!r}")
+        return value
 
     @field_validator("timeout_s", "code_timeout_s", mode="before")
     @classmethod
@@ -76,53 +83,42 @@ class CorrectnessStep(FilterStep):
         return [v or StepVerdict(None, "unverifiable", f"unverifiable: no rule verifier for task type "
                                  f"'{rows[i]['task_type']}' or no reference") for i, v in enumerate(verdicts)]
 
+    # Scoring is verifiers.scoring's, shared with `factory eval` and `factory verify`:
+    # the full assistant turn goes in, the same verdict comes out everywhere.
+    # One verifier process per engine worker: the engine already runs one worker per core.
     def _verify_math(self, rows: list[Row]) -> list[StepVerdict]:
-        from verifiers.math import verify_batch
+        from verifiers.scoring import DEFAULT_MATH_TIMEOUT_S, score_math_batch
 
-        # One verifier process per engine worker: the engine already runs one worker per core.
-        kwargs: dict[str, Any] = {"workers": 1}
-        if self.params.timeout_s is not None:
-            kwargs["timeout_s"] = self.params.timeout_s
-        results = verify_batch([(r["reference"], r["answer"] or r["text"] or "") for r in rows], **kwargs)
+        scores = score_math_batch([r["text"] or r["answer"] or "" for r in rows], [r["reference"] for r in rows],
+                                  policy=self.params.policy, workers=1,
+                                  timeout_s=self.params.timeout_s or DEFAULT_MATH_TIMEOUT_S)
         out = []
-        for result in results:
-            detail = {"extracted": result.extracted}
-            if result.correct is None:
-                out.append(StepVerdict(None, "unverifiable", f"unverifiable: {result.reason}", detail=detail))
-            elif result.correct:
+        for score in scores:
+            detail = {"extracted": score.extracted, "rule": score.rule}
+            if score.correct is None:
+                out.append(StepVerdict(None, "unverifiable", f"unverifiable: {score.reason}", detail=detail))
+            elif score.correct:
                 out.append(StepVerdict(True, None, None, 1.0, detail))
             else:
-                out.append(StepVerdict(False, "wrong_answer", f"wrong_answer: got {result.extracted!r}", 0.0, detail))
+                out.append(StepVerdict(False, "wrong_answer", f"wrong_answer: got {score.extracted!r}", 0.0, detail))
         return out
 
     def _verify_code(self, rows: list[Row]) -> list[StepVerdict]:
-        from verifiers.code import (
-            CodeTests,
-            SandboxUnavailable,
-            extract_code,
-            run_batch,
-        )
+        from verifiers.code import SandboxUnavailable
+        from verifiers.scoring import score_code_batch
 
-        items, out_index = [], []
-        out: list[StepVerdict | None] = [None] * len(rows)
-        for i, r in enumerate(rows):
-            program = extract_code(r["answer"] or r["text"] or "")
-            if not program:
-                out[i] = StepVerdict(False, "no_code", "no_code: no fenced python block in the answer")
-                continue
-            items.append((program, CodeTests.from_dict(json.loads(r["tests"]))))
-            out_index.append(i)
-        if items:
-            try:
-                results = run_batch(items, workers=1, timeout_s=self.params.code_timeout_s,
-                                    memory_mb=self.params.memory_mb, unsafe_no_sandbox=self.params.unsafe_no_sandbox)
-            except SandboxUnavailable as exc:
-                raise FactoryError(f"filter correctness: {str(exc).splitlines()[0]} (recipe: "
-                                   f"`unsafe_no_sandbox: true` on the correctness step)") from None
-            for i, result in zip(out_index, results):
-                score = result.passed_cases / result.total_cases if result.total_cases else 0.0
-                code = None if result.passed else f"code_{result.status}"
-                reason = None if result.passed else (f"code_{result.status}: {result.passed_cases}/{result.total_cases} cases; "
-                                                     f"{(result.detail or '')[:200]}")
-                out[i] = StepVerdict(result.passed, code, reason, score)
-        return out  # type: ignore[return-value]
+        try:
+            scores = score_code_batch([r["text"] or r["answer"] or "" for r in rows], [r["tests"] for r in rows],
+                                      workers=1, timeout_s=self.params.code_timeout_s, memory_mb=self.params.memory_mb,
+                                      unsafe_no_sandbox=self.params.unsafe_no_sandbox)
+        except SandboxUnavailable as exc:
+            raise FactoryError(f"filter correctness: {str(exc).splitlines()[0]} (recipe: "
+                               f"`unsafe_no_sandbox: true` on the correctness step)") from None
+        return [StepVerdict(True, None, None, 1.0, {"rule": s.rule}) if s.correct
+                else StepVerdict(False, _code_failure(s.status),
+                                 f"{_code_failure(s.status)}: {s.reason.split(': ', 1)[-1]}"[:300], s.score, {"rule": s.rule})
+                for s in scores]
+
+
+def _code_failure(status: str) -> str:
+    return status if status == "no_code" else f"code_{status}"

@@ -73,7 +73,8 @@ class DecontamStep(FilterStep):
         for name in p.fields:
             values = batch.column(name).to_pylist()
             todo = [i for i, h in enumerate(hits) if h is None]
-            for i, hit in zip(todo, index.check_batch([values[i] or "" for i in todo])):
+            # workers=1: this already runs on one of the engine's workers (a pool per chunk cost 20x).
+            for i, hit in zip(todo, index.check_batch([values[i] or "" for i in todo], workers=1)):
                 if hit is not None:
                     hits[i] = (name, hit)
         return [StepVerdict(True) if found is None else _contaminated(*found) for found in hits]
