@@ -199,6 +199,10 @@ class GenerateRecipe(Strict):
     generation: GenerationConfig = GenerationConfig()
     filters: list[dict[str, Any]] = Field(default_factory=lambda: [{"step": "format"}])
     selection: SelectionConfig = SelectionConfig()
+    # How `factory filter` runs (not what it decides): processes, where, and its memory budget.
+    workers: int | None = Field(default=None, ge=1)   # None = one process per core
+    executor: Literal["local", "ray"] = "local"       # ray: the same steps on a Ray cluster (pip install -e ".[ray]")
+    memory_gb: float = Field(default=4.0, gt=0)       # bound on the filter's text in flight
     output: OutputConfig
 
     @model_validator(mode="after")
@@ -223,6 +227,7 @@ class MixRecipe(Strict):
     scale: float = Field(default=1.0, gt=0)  # 1.0 = paper scale (600K + 200K); small runs take what exists
     stratify_by: list[Literal["task_type", "source", "teacher_role"]] = Field(default_factory=lambda: ["task_type", "source"])
     components: list[MixComponent] = Field(min_length=1)
+    dedup_exact: bool = True  # drop a sample whose prompt + response is already in the mix (earlier components win)
     output: OutputConfig
 
 
@@ -355,6 +360,8 @@ def recipe_hash(recipe: Recipe) -> str:
         data.pop("filters", None)
         data.pop("selection", None)
         data.pop("generation", None)
+        for knob in ("workers", "executor", "memory_gb"):
+            data.pop(knob, None)
         teacher = data["teacher"]
         for knob in ("concurrency", "timeout_s", "max_retries", "backoff_base_s", "backoff_max_s", "endpoints", "api_key_env", "prices",
                      "max_n", "balance", "failover_after", "cooldown_s", "connect_timeout_s", "use_n"):
