@@ -286,6 +286,7 @@ def _mix(home: Path, run: str, arm: str, *, seed: int, quota: int, curated: bool
     dataset = _dataset(run, arm)
     recipe = {
         "kind": "mix", "name": dataset, "seed": seed, "scale": 1.0, "stratify_by": ["source"],
+        "dedup_exact": curated,  # the raw arm keeps the teacher's duplicates: they are part of raw output
         "description": f"arm '{arm}' of the curation experiment on run {run}",
         "components": [{"run": run, "quota": quota, "curated": curated}],
         "output": {"dataset": dataset},
