@@ -265,7 +265,7 @@ def _teacher_accuracy(store: RunStore) -> float:
 
     rows = [r for r in store.read_samples(["reference", "text"]).to_pylist() if r["reference"]]
     scores = score_math([r["reference"] for r in rows], [r["text"] or "" for r in rows])
-    return sum(s.correct for s in scores) / len(scores) if scores else 0.0
+    return sum(s.correct is True for s in scores) / len(scores) if scores else 0.0  # None (undecided) counts as wrong, as in eval
 
 
 def _run_tokens(store: RunStore) -> int:
