@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.logging import RichHandler
-from rich.table import Table
 
 from factory.errors import FactoryError
+from factory.output import error_line, kv_table, make_console, quiet_dependencies, rows_table
 
 app = typer.Typer(
     help="factory: R1-style data generation, filtering, mixing and distillation.\n\n"
@@ -30,8 +29,9 @@ verify_app = typer.Typer(help="Run a verifier over a JSONL/Parquet file.", no_ar
 app.add_typer(models_app, name="models")
 app.add_typer(verify_app, name="verify")
 
-out = Console()
-err = Console(stderr=True)
+# Data is printed verbatim: these consoles read no markup and no emoji codes (see factory/output.py).
+out = make_console()
+err = make_console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -43,7 +43,7 @@ def one_line_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except FactoryError as exc:
-            err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
+            err.print(error_line(str(exc)), soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err.print("interrupted; completed work is kept, run the same command to resume")
@@ -52,15 +52,25 @@ def one_line_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _version(value: bool) -> None:
+    if value:
+        from factory import __version__
+
+        out.print(f"factory {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    quiet_dependencies()
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
         handlers=[RichHandler(console=err, show_path=False, show_time=False)],
     )
-    for noisy in ("httpx", "urllib3", "datasets", "filelock", "transformers", "torch"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
@@ -118,21 +128,13 @@ def filter_(
     from factory.filter import run_filter
 
     report = run_filter(run, recipe=recipe, only=only, recompute=recompute, progress=not quiet)
-    table = Table(title=f"filter funnel — run '{report.run}'")
-    for col in ("step", "in", "passed", "rejected", "unverifiable", "computed", "reused"):
-        table.add_column(col, justify="left" if col == "step" else "right")
-    table.add_row("generated", str(report.generated), "", "", "", "", "")
-    for s in report.steps:
-        table.add_row(s.step, str(s.candidates), str(s.passed), str(s.rejected), str(s.unverifiable), str(s.computed), str(s.reused))
-    table.add_row("selected", "", str(report.selected), "", "", "", "")
-    out.print(table)
+    columns = ("step", "in", "passed", "rejected", "unverifiable", "computed", "reused")
+    rows = [("generated", report.generated, None, None, None, None, None)]
+    rows += [(s.step, s.candidates, s.passed, s.rejected, s.unverifiable, s.computed, s.reused) for s in report.steps]
+    rows.append(("selected", None, report.selected, None, None, None, None))
+    out.print(rows_table(f"filter funnel — run '{report.run}'", columns, rows, right=columns[1:]))
     if report.top_reasons:
-        reasons = Table(title="top rejection reasons")
-        for col in ("step", "reason", "samples"):
-            reasons.add_column(col)
-        for step, code, n in report.top_reasons:
-            reasons.add_row(step, code, str(n))
-        out.print(reasons)
+        out.print(rows_table("top rejection reasons", ("step", "reason", "samples"), report.top_reasons, right=("samples",)))
     out.print(f"prompts with a selected sample: {report.prompts_with_selection}/{report.prompts}")
 
 
@@ -150,12 +152,8 @@ def mix(
     from factory.mix import run_mix
 
     report = run_mix(recipe, overrides)
-    table = Table(title=f"mix → dataset '{report.dataset}' ({report.samples} samples)")
-    for col in ("run", "quota", "curated", "taken"):
-        table.add_column(col, justify="right" if col != "run" else "left")
-    for c in report.components:
-        table.add_row(c.run, str(c.quota), str(c.available), str(c.taken))
-    out.print(table)
+    out.print(rows_table(f"mix → dataset '{report.dataset}' ({report.samples} samples)", ("run", "quota", "curated", "taken"),
+                         [(c.run, c.quota, c.available, c.taken) for c in report.components], right=("quota", "curated", "taken")))
     out.print(f"written to {report.path}")
 
 
@@ -205,12 +203,8 @@ def eval_(
 
     report = run_eval(model, bench, k=k, limit=limit, baseline=baseline, max_new_tokens=max_new_tokens, seed=seed)
     rows = report.table()
-    table = Table(title=f"eval {bench}")
-    for col in rows[0] if rows else []:
-        table.add_column(str(col))
-    for row in rows:
-        table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()])
-    out.print(table)
+    columns = list(rows[0]) if rows else []
+    out.print(rows_table(f"eval {bench}", columns, [[f"{v:.4f}" if isinstance(v, float) else v for v in row.values()] for row in rows]))
 
 
 # ---------------------------------------------------------------- inspection
@@ -238,12 +232,7 @@ def sql(
         writer.writerow(result.columns)
         writer.writerows(result.rows)
     else:
-        table = Table(show_lines=False)
-        for col in result.columns:
-            table.add_column(col, overflow="fold")
-        for row in result.rows:
-            table.add_row(*["" if v is None else str(v) for v in row])
-        out.print(table)
+        out.print(rows_table(None, result.columns, result.rows, fold=True))
         out.print(f"{len(result.rows)} rows")
 
 
@@ -251,16 +240,41 @@ def sql(
 @one_line_errors
 def card(
     run: Annotated[str | None, typer.Option("--run", help="Run to describe (default: most recent).")] = None,
-    out_dir: Annotated[Path, typer.Option("--out", help="Where cards are written.")] = Path("data_cards"),
+    mix: Annotated[str | None, typer.Option("--mix", help="A mixed dataset to describe instead of a run.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Where cards are written (default: $FACTORY_HOME/cards).")] = None,
 ) -> None:
-    """Write a dataset card (stats, funnel, plots) for a run.
+    """Write a dataset card (metadata, funnel, yields, rejection reasons, plots) for a run or a mix.
 
     Example: factory card --run cold_start
     """
     from factory.cards import write_card
 
-    path = write_card(run, out_dir)
+    path = write_card(run, mix, out_dir)
     out.print(f"card written to {path}")
+
+
+@app.command()
+@one_line_errors
+def export(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write (Hub dataset layout); replaced if it holds an export.")],
+    run: Annotated[str | None, typer.Option("--run", help="Run whose selected samples to export (default: most recent).")] = None,
+    mix: Annotated[str | None, typer.Option("--mix", help="A mixed dataset to export instead of a run.")] = None,
+    push: Annotated[str | None, typer.Option("--push", help="Also upload to this Hub dataset repo (e.g. me/my-data).")] = None,
+    private: Annotated[bool, typer.Option("--private", help="With --push: create the repo private.")] = False,
+    shard_mb: Annotated[float, typer.Option("--shard-mb", help="Size of a data shard, in MB of rows.")] = 256,
+) -> None:
+    """Export a curated run or a mix as a Hugging Face dataset folder: data/*.parquet + a card with metadata and plots.
+
+    Example: factory export --run cold_start --out cold_start_hf   (then: datasets.load_dataset("cold_start_hf"))
+    """
+    from factory.export import export_dataset
+
+    report = export_dataset(run=run, mix=mix, out_dir=out_dir, push=push, shard_mb=shard_mb, private=private)
+    out.print(rows_table(f"export {report.kind} '{report.name}' → {report.out_dir}", ("subset", "rows"),
+                         [*report.subsets.items(), ("all", report.rows)], right=("rows",)))
+    out.print(kv_table("written", {"data shards": len(report.shards), "card": report.card, "plots": ", ".join(report.plots),
+                                   **({"pushed to": report.pushed_to} if report.pushed_to else {}),
+                                   "load with": f"datasets.load_dataset({str(report.out_dir)!r})"}))
 
 
 @app.command()
@@ -379,15 +393,8 @@ def decontaminate(
 
 
 # ---------------------------------------------------------------- helpers
-def _kv_table(title: str, values: dict[str, Any]) -> Table:
-    table = Table(title=title, show_header=False)
-    table.add_column("what")
-    table.add_column("value", overflow="fold")
-    for key, value in values.items():
-        if isinstance(value, float):
-            value = f"{value:.4g}"
-        table.add_row(str(key), json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value))
-    return table
+def _kv_table(title: str, values: dict[str, Any]) -> Any:
+    return kv_table(title, values)
 
 
 def _public_fields(report: Any) -> dict[str, Any]:

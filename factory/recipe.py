@@ -56,6 +56,7 @@ class SourceConfig(Strict):
     task_type: TaskType = "math"  # used when `fields.task_type` is absent
     language: str = "en"
     limit: int | None = Field(default=None, ge=1)  # first N rows, for small runs
+    license: str | None = None  # the prompts' licence (a Hub licence id, e.g. mit); exported datasets inherit it
 
 
 # ---------------------------------------------------------------- teacher
@@ -192,6 +193,7 @@ class GenerateRecipe(Strict):
     description: str = ""
     seed: int = 0
     target_samples: int | None = None  # the paper-scale goal this recipe is written for (documentation)
+    license: str | None = None  # licence of the exported dataset (a Hub licence id); default: the sources' one
     sources: list[SourceConfig] = Field(default_factory=list)  # may be empty only for replay
     teacher: TeacherConfig
     template: TemplateConfig = TemplateConfig()
@@ -221,6 +223,7 @@ class MixRecipe(Strict):
     description: str = ""
     seed: int = 0
     scale: float = Field(default=1.0, gt=0)  # 1.0 = paper scale (600K + 200K); small runs take what exists
+    license: str | None = None  # licence of the exported mix; default: the component runs' one
     stratify_by: list[Literal["task_type", "source", "teacher_role"]] = Field(default_factory=lambda: ["task_type", "source"])
     components: list[MixComponent] = Field(min_length=1)
     output: OutputConfig
@@ -352,6 +355,9 @@ def recipe_hash(recipe: Recipe) -> str:
         # Throughput knobs and downstream steps do not change samples, so a run may resume across them.
         data.pop("description", None)
         data.pop("target_samples", None)
+        data.pop("license", None)  # documentation: changes no sample
+        for source in data.get("sources", []):
+            source.pop("license", None)
         data.pop("filters", None)
         data.pop("selection", None)
         data.pop("generation", None)
