@@ -1,0 +1,78 @@
+"""What the CLI prints: data verbatim in every table (no rich markup, no emoji codes), --version."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from factory.output import kv_table, make_console, rows_table
+from tests.conftest import run_cli
+from tests.test_export import replay_run
+
+TRICKY = ["x = a[i] + b[j]", "list[int]", "a:x:b", "[/INST]", "[bold]not bold[/bold]", ":thumbs_up:"]
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    # A home whose path itself reads as markup and an emoji code: every printed path must survive.
+    home = tmp_path / "h[i]:x:"
+    home.mkdir()
+    monkeypatch.setenv("FACTORY_HOME", str(home))
+    monkeypatch.setenv("COLUMNS", "250")
+    return home
+
+
+def test_sql_table_prints_values_verbatim(home: Path) -> None:
+    query = "SELECT " + ", ".join(f"'{v}' AS c{i}" for i, v in enumerate(TRICKY))
+    proc = run_cli("sql", query, home=home)
+    for value in TRICKY:
+        assert value in proc.stdout, (value, proc.stdout)
+    assert "👍" not in proc.stdout and "❌" not in proc.stdout
+
+
+def test_error_quoting_markup_is_one_line(home: Path) -> None:
+    proc = run_cli("sql", "SELECT * FROM \"[/INST]\"", home=home, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "MarkupError" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "[/INST]" in proc.stderr
+
+
+def test_paths_and_funnel_print_verbatim(home: Path, tmp_path: Path) -> None:
+    replay_run(tmp_path, home)
+    proc = run_cli("generate", "--recipe", str(tmp_path / "traces.yaml"), "--quiet", home=home)
+    assert "h[i]:x:" in proc.stdout.replace("\n", "").replace("│", "").replace(" ", "")
+    proc = run_cli("filter", "--run", "traces", "--quiet", home=home)
+    assert "wrong_answer" in proc.stdout
+    proc = run_cli("card", "--run", "traces", home=home)
+    assert str(home / "cards" / "traces" / "README.md") in proc.stdout.replace("\n", "")
+
+
+def _rendered(table) -> str:
+    console: Console = make_console()
+    with console.capture() as capture:
+        console.print(table, width=250)
+    return capture.get()
+
+
+def test_tables_render_data_verbatim() -> None:
+    """The helpers behind every CLI table (eval, mix, funnel reasons, summaries), markup in title, header and cell."""
+    text = _rendered(rows_table("eval [i]x[/i] :x:", ["model[1]", "pass@1"], [[v, 0.5] for v in TRICKY]))
+    for value in [*TRICKY, "eval [i]x[/i] :x:", "model[1]"]:
+        assert value in text
+    text = _rendered(kv_table("summary [b]", {v: v for v in TRICKY} | {"floats": 0.123456, "lists": ["[a]", ":x:"]}))
+    for value in [*TRICKY, "summary [b]", "0.1235", json.dumps(["[a]", ":x:"])]:
+        assert value in text
+    # A rich console made the default way (as before) loses them: the test above can fail.
+    plain = Console(width=250)
+    with plain.capture() as capture:
+        plain.print("x = a[i] + b[j]")
+    assert "[i]" not in capture.get()
+
+
+def test_version() -> None:
+    from factory import __version__
+
+    proc = run_cli("--version", home=Path("/nonexistent"))
+    assert proc.stdout.strip() == f"factory {__version__}"
