@@ -279,6 +279,29 @@ def export(
 
 @app.command()
 @one_line_errors
+def view(
+    run: Annotated[str | None, typer.Option("--run", help="Run to open first (default: most recent); the page lists every run.")] = None,
+    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1 (0 = any free port).")] = 8765,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on; keep 127.0.0.1 unless you mean to share the page.")] = "127.0.0.1",
+) -> None:
+    """Browse a run in the web browser: filter by step, verdict, reason, task type; prompt, reasoning and answer with every verdict.
+
+    Example: factory view --run cold_start   (then open http://127.0.0.1:8765/)
+    """
+    from factory.view import run_view
+
+    def ready(url: str) -> None:
+        out.print(f"factory view: serving {url} (Ctrl-C to stop)")
+        out.file.flush()
+
+    try:
+        run_view(run, host=host, port=port, on_ready=ready)
+    except KeyboardInterrupt:
+        out.print("stopped")
+
+
+@app.command()
+@one_line_errors
 def demo(
     prompts: Annotated[int, typer.Option("--prompts", help="Arithmetic prompts to generate for.")] = 64,
     steps: Annotated[int, typer.Option("--steps", help="Distillation steps.")] = 30,
