@@ -73,7 +73,7 @@ def main(
     )
 
 
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display: print only the summary.")]
 
 
 # ---------------------------------------------------------------- generate
@@ -181,7 +181,11 @@ def distill(
     if not isinstance(recipe, StudentRecipe):
         raise RecipeError(f"--student {student}: expected a student config (kind: student)")
     report = run_distill(recipe, data=data, output_dir=output, resume=resume, max_steps=max_steps, progress=not quiet)
-    out.print(_kv_table(f"distill → {report.output_dir}", {k: v for k, v in _public_fields(report).items() if k != "recipe"}))
+    summary = {k: v for k, v in _public_fields(report).items() if k not in ("recipe", "loss_curve")}
+    if report.loss_curve:  # the curve itself is in the model dir's report; here, where it went
+        losses = [p["loss"] for p in report.loss_curve]
+        summary["loss (first → last, min)"] = f"{losses[0]:.4f} → {losses[-1]:.4f}, min {min(losses):.4f} over {len(losses)} steps"
+    out.print(_kv_table(f"distill → {report.output_dir}", summary))
 
 
 @app.command("eval")
@@ -194,6 +198,10 @@ def eval_(
     baseline: Annotated[str | None, typer.Option("--baseline", help="A second model to compare side by side.")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 2048,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    backend: Annotated[str, typer.Option("--backend", help="transformers | vllm | openai, as for teachers.")] = "transformers",
+    endpoint: Annotated[list[str] | None, typer.Option("--endpoint", help="With --backend openai: server base URL (repeatable).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts x samples per forward pass (transformers).")] = 16,
+    quiet: Quiet = False,
 ) -> None:
     """Evaluate a model on a benchmark with the same verifiers: pass@1 over k samples and pass@k.
 
@@ -201,10 +209,17 @@ def eval_(
     """
     from factory.evaluate import run_eval
 
-    report = run_eval(model, bench, k=k, limit=limit, baseline=baseline, max_new_tokens=max_new_tokens, seed=seed)
+    if backend not in ("transformers", "vllm", "openai"):
+        raise FactoryError(f"--backend: expected transformers, vllm or openai, got {backend!r}")
+    if batch_size < 1:
+        raise FactoryError(f"--batch-size: expected an integer >= 1, got {batch_size}")
+    report = run_eval(model, bench, k=k, limit=limit, baseline=baseline, max_new_tokens=max_new_tokens, seed=seed,
+                      backend=backend, endpoints=endpoint, batch_size=batch_size, progress=not quiet)
     rows = report.table()
     columns = list(rows[0]) if rows else []
     out.print(rows_table(f"eval {bench}", columns, [[f"{v:.4f}" if isinstance(v, float) else v for v in row.values()] for row in rows]))
+    for r in [report] + ([report.baseline] if report.baseline else []):
+        out.print(f"{r.model}: per-problem results in {r.results_path}, summary in {r.summary_path} (factory sql: the evals view)")
 
 
 # ---------------------------------------------------------------- inspection
@@ -322,6 +337,7 @@ def demo(
 def models_build(
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if current.")] = False,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    quiet: Quiet = False,
 ) -> None:
     """Build the tiny tokenizer, students (tiny-qwen, tiny-llama) and format-taught teacher (tiny-r1).
 
@@ -330,7 +346,9 @@ def models_build(
     from factory.models import build_tiny_models
     from factory.paths import models_dir
 
-    paths = build_tiny_models(models_dir(), seed=seed, force=force)
+    if not quiet:
+        err.print(f"tiny models in {models_dir()} (a build takes about two minutes on 2 CPU cores)")
+    paths = build_tiny_models(models_dir(), seed=seed, force=force, progress=not quiet)
     for name, path in paths.items():
         out.print(f"{name}: {path}")
 

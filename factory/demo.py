@@ -33,11 +33,13 @@ def run_demo(console: Console, *, prompts: int = 64, distill_steps: int = 30, pr
     from factory.sql import run_sql
 
     timings: dict[str, float] = {}
+    summary_console = console
+    console = console if progress else Console(quiet=True)  # -q: the summary table only
     stage = _Stage(console, timings)
     console.print(Text.assemble(("factory demo", "bold"), f" — FACTORY_HOME={factory_home()}"))
     with stage("models"):
         for name in ("tiny-r1", "tiny-qwen"):
-            ensure_model(name)
+            ensure_model(name, progress=progress)
         console.print("tiny models ready (tiny-r1 teacher, tiny-qwen student)")
     overrides = [f"sources.0.limit={prompts}", f"sources.1.limit={max(prompts // 4, 1)}", "sampling.n=2"]
     with stage("generate"):
@@ -71,7 +73,8 @@ def run_demo(console: Console, *, prompts: int = 64, distill_steps: int = 30, pr
               "distill": distill_steps, "sql": len(result.rows)}
     for name, seconds in timings.items():
         summary.add_row(name, str(counts.get(name, "")), f"{seconds:.1f}")
-    console.print(summary)
+    summary_console.print(summary)
+    summary_console.print(f"card: {card}")
     return timings
 
 
