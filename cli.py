@@ -90,6 +90,7 @@ def generate(
 
     Example: factory generate --recipe cold_start sampling.n=2 sources.0.limit=20
     """
+    _apply_quiet(quiet)
     from factory.generate import run_generate
 
     report = run_generate(recipe, overrides, new_run=new_run, force=force, progress=not quiet)
@@ -125,6 +126,7 @@ def filter_(
 
     Example: factory filter --run cold_start --only format
     """
+    _apply_quiet(quiet)
     from factory.filter import run_filter
 
     report = run_filter(run, recipe=recipe, only=only, recompute=recompute, progress=not quiet)
@@ -173,6 +175,7 @@ def distill(
 
     Example: factory distill --student qwen --max-steps 20
     """
+    _apply_quiet(quiet)
     from factory.distill import run_distill
     from factory.recipe import StudentRecipe, load_recipe
     from factory.errors import RecipeError
@@ -207,6 +210,7 @@ def eval_(
 
     Example: factory eval --model tiny-r1 --bench gsm8k --limit 20 -k 2
     """
+    _apply_quiet(quiet)
     from factory.evaluate import run_eval
 
     if backend not in ("transformers", "vllm", "openai"):
@@ -326,6 +330,7 @@ def demo(
 
     Example: FACTORY_HOME=/tmp/f factory demo
     """
+    _apply_quiet(quiet)
     from factory.demo import run_demo
 
     run_demo(out, prompts=prompts, distill_steps=steps, progress=not quiet)
@@ -343,6 +348,7 @@ def models_build(
 
     Example: factory models build --force
     """
+    _apply_quiet(quiet)
     from factory.models import build_tiny_models
     from factory.paths import models_dir
 
@@ -436,6 +442,12 @@ def decontaminate(
 # ---------------------------------------------------------------- helpers
 def _kv_table(title: str, values: dict[str, Any]) -> Any:
     return kv_table(title, values)
+
+
+def _apply_quiet(quiet: bool) -> None:
+    """-q: the summary only, so info logs go too (warnings and errors stay)."""
+    if quiet:
+        logging.getLogger().setLevel(logging.WARNING)
 
 
 def _public_fields(report: Any) -> dict[str, Any]:

@@ -76,3 +76,22 @@ def test_version() -> None:
 
     proc = run_cli("--version", home=Path("/nonexistent"))
     assert proc.stdout.strip() == f"factory {__version__}"
+
+
+def test_distill_prints_a_loss_line_every_few_steps_and_q_only_the_summary(factory_home: Path, tmp_path: Path) -> None:
+    """No trainer dict per step, no dependency bars: one display with a few loss lines; -q: the summary only."""
+    from factory.distill import write_demo_dataset
+
+    data = write_demo_dataset(tmp_path / "sft", 40, seed=3, system_share=0.0)
+    settings = ["max_seq_len=200", "batch_size=2", "learning_rate=3e-3", "warmup_ratio=0.0", "save_steps=100"]
+    loud = run_cli("distill", "--student", "qwen", "--data", str(data), "--max-steps", "20", "-o", str(tmp_path / "a"),
+                   *settings, home=factory_home)
+    loss_lines = [line for line in loud.stderr.splitlines() if line.startswith("step ") and " loss " in line]
+    assert 2 <= len(loss_lines) <= 11 and loss_lines[-1].startswith("step 20/20"), loud.stderr
+    for output in (loud.stdout, loud.stderr):
+        assert "{'loss'" not in output and "'grad_norm'" not in output and "it/s]" not in output  # no trainer dicts, no tqdm
+    assert "loss (first → last, min)" in loud.stdout and "loss_curve" not in loud.stdout
+    quiet = run_cli("distill", "--student", "qwen", "--data", str(data), "--max-steps", "4", "-o", str(tmp_path / "b"), "-q",
+                    *settings, home=factory_home)
+    assert "step " not in quiet.stderr and "━" not in quiet.stderr and "it/s" not in quiet.stderr, quiet.stderr
+    assert "distill →" in quiet.stdout and "loss (first → last, min)" in quiet.stdout

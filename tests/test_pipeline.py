@@ -16,6 +16,9 @@ def test_demo_runs_every_stage(factory_home: Path, tmp_path: Path) -> None:
     proc = run_cli("demo", "--prompts", "12", "--steps", "3", "--quiet", home=factory_home, cwd=tmp_path)
     for stage in ("generate", "filter", "mix", "distill", "sql", "card"):
         assert stage in proc.stdout
+    # -q: the summary only; no warning about runs the demo did not make, no dependency's bars or dicts.
+    assert "WARNING" not in proc.stderr and "not found" not in proc.stderr, proc.stderr
+    assert "{'loss'" not in proc.stdout + proc.stderr and "it/s" not in proc.stderr
     manifest = json.loads((factory_home / "runs" / "cold_start" / "manifest.json").read_text())
     assert manifest["counts"]["samples"] == manifest["counts"]["unique_sample_ids"] > 0
     steps = json.loads(run_cli("sql", "SELECT DISTINCT step FROM verdicts ORDER BY 1", "--format", "json", home=factory_home).stdout)
