@@ -223,7 +223,7 @@ def eval_(
     columns = list(rows[0]) if rows else []
     out.print(rows_table(f"eval {bench}", columns, [[f"{v:.4f}" if isinstance(v, float) else v for v in row.values()] for row in rows]))
     for r in [report] + ([report.baseline] if report.baseline else []):
-        out.print(f"{r.model}: per-problem results in {r.results_path}, summary in {r.summary_path} (factory sql: the evals view)")
+        out.print(f"{r.model}: per-problem results in {r.results_path}, summary in {r.summary_path} (factory sql: the evals view)", soft_wrap=True)
 
 
 # ---------------------------------------------------------------- inspection
@@ -269,7 +269,7 @@ def card(
     from factory.cards import write_card
 
     path = write_card(run, mix, out_dir)
-    out.print(f"card written to {path}")
+    out.print(f"card written to {path}", soft_wrap=True)
 
 
 @app.command()

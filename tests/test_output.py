@@ -95,3 +95,13 @@ def test_distill_prints_a_loss_line_every_few_steps_and_q_only_the_summary(facto
                     *settings, home=factory_home)
     assert "step " not in quiet.stderr and "━" not in quiet.stderr and "it/s" not in quiet.stderr, quiet.stderr
     assert "distill →" in quiet.stdout and "loss (first → last, min)" in quiet.stdout
+
+
+def test_eval_says_where_results_went_and_takes_a_backend(factory_home: Path) -> None:
+    proc = run_cli("eval", "--model", "tiny-r1", "--bench", "gsm8k", "--limit", "2", "-k", "1", "--max-new-tokens", "8",
+                   "--backend", "transformers", home=factory_home)
+    results = factory_home / "evals" / "tiny-r1-gsm8k" / "results.parquet"
+    assert results.exists() and str(results) in proc.stdout.replace("\n", "")
+    assert "eval tiny-r1 · gsm8k" in proc.stderr  # its progress display
+    bad = run_cli("eval", "--model", "tiny-r1", "--backend", "tensorflow", home=factory_home, check=False)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--backend" in bad.stderr
