@@ -165,12 +165,11 @@ def _run_card(con: duckdb.DuckDBPyConnection, store: RunStore, target: Path) -> 
         "SELECT coalesce(s.model, '') AS model, v.step, coalesce(v.code, '') AS code, count(*) AS n "
         "FROM verdicts v JOIN samples s ON s.sample_id = v.sample_id AND s.run = v.run "
         "WHERE v.run = ? AND v.step <> 'selection' AND v.passed = false GROUP BY ALL ORDER BY n DESC, 1, 2, 3", [name]).fetchall()
-    per_prompt = [r[0] for r in con.execute(
-        "SELECT count(*) FILTER (WHERE r.sample_id IS NULL) FROM samples s LEFT JOIN _rej r USING (sample_id) "
-        "WHERE s.run = ? GROUP BY s.prompt_id", [name]).fetchall()]
-    lengths = con.execute(
-        "SELECT coalesce(s.completion_tokens, 0), sel.sample_id IS NOT NULL FROM samples s LEFT JOIN _sel sel USING (sample_id) "
-        "WHERE s.run = ?", [name]).fetchall()
+    per_prompt = con.execute(
+        "SELECT ok, count(*) FROM (SELECT count(*) FILTER (WHERE r.sample_id IS NULL) AS ok FROM samples s "
+        "LEFT JOIN _rej r USING (sample_id) WHERE s.run = ? GROUP BY s.prompt_id) GROUP BY ok ORDER BY ok", [name]).fetchall()
+    lengths = _length_histogram(con, "SELECT coalesce(length(s.reasoning), 0) AS x, sel.sample_id IS NOT NULL AS kept FROM samples s "
+                                     "LEFT JOIN _sel sel USING (sample_id) WHERE s.run = ?", [name])
     languages = con.execute(
         "SELECT coalesce(s.language, 'unknown'), count(*), count(sel.sample_id) FROM samples s LEFT JOIN _sel sel USING (sample_id) "
         "WHERE s.run = ? GROUP BY ALL ORDER BY 2 DESC", [name]).fetchall()
@@ -184,9 +183,8 @@ def _run_card(con: duckdb.DuckDBPyConnection, store: RunStore, target: Path) -> 
     plot_dir = target / PLOTS_DIR
     drawn = [
         plots.funnel([(step, passed) for step, _, passed, _, _ in funnel], plot_dir / "funnel.png"),
-        plots.yield_per_prompt(per_prompt, plot_dir / "yield_per_prompt.png"),
-        plots.lengths([n for n, _ in lengths], [n for n, kept in lengths if kept], plot_dir / "lengths.png",
-                      label="completion tokens (reasoning + answer)"),
+        plots.yield_per_prompt(dict(per_prompt), plot_dir / "yield_per_prompt.png"),
+        plots.lengths(*lengths, plot_dir / "lengths.png", label="reasoning length (characters)"),
         plots.grouped_bars([lang for lang, _, _ in languages], {"generated": [g for _, g, _ in languages], "selected": [s for _, _, s in languages]},
                            plot_dir / "languages.png", title="language mix"),
     ]
@@ -246,7 +244,7 @@ def _run_card(con: duckdb.DuckDBPyConnection, store: RunStore, target: Path) -> 
         *(["![rejection reasons by teacher](plots/rejections_by_teacher.png)", ""] if reasons else []),
         "## Lengths and languages",
         "",
-        "![length generated vs selected](plots/lengths.png)",
+        "![reasoning length, generated vs selected](plots/lengths.png)",
         "",
         "| language | generated | selected |",
         "|---|---:|---:|",
@@ -344,19 +342,17 @@ def _mix_card(con: duckdb.DuckDBPyConnection, name: str, target: Path) -> Card:
     composition = con.execute(
         "SELECT run, task_type, coalesce(source, '') AS source, count(*) FROM mixes WHERE dataset = ? GROUP BY ALL ORDER BY ALL", [name]).fetchall()
     rows = sum(n for *_, n in composition)
-    joined = con.execute(
-        "SELECT coalesce(s.completion_tokens, 0), coalesce(s.language, 'unknown') FROM mixes m "
-        "LEFT JOIN samples s ON s.sample_id = m.sample_id AND s.run = m.run WHERE m.dataset = ?", [name]).fetchall()
-    languages: dict[str, int] = {}
-    for _, lang in joined:
-        languages[lang] = languages.get(lang, 0) + 1
+    joined = "FROM mixes m LEFT JOIN samples s ON s.sample_id = m.sample_id AND s.run = m.run WHERE m.dataset = ?"
+    languages = dict(con.execute(f"SELECT coalesce(s.language, 'unknown'), count(*) {joined} GROUP BY ALL ORDER BY 2 DESC", [name]).fetchall())
+    lengths = _length_histogram(con, f"SELECT coalesce(length(s.reasoning), 0) AS x, true AS kept {joined}", [name])
     runs = sorted({r for r, *_ in composition})
     task_types = sorted({t for _, t, _, _ in composition})
     plot_dir = target / PLOTS_DIR
     drawn = [
         plots.grouped_bars(runs, {t: [sum(n for r, tt, _, n in composition if r == run and tt == t) for run in runs] for t in task_types},
                            plot_dir / "composition.png", title="samples per run and task type"),
-        plots.lengths([n for n, _ in joined], [], plot_dir / "lengths.png", label="completion tokens (reasoning + answer)"),
+        plots.lengths(lengths[0], lengths[1], [0] * len(lengths[1]), plot_dir / "lengths.png", label="reasoning length (characters)",
+                      names=("mixed", "")),
         plots.grouped_bars(list(languages), {"samples": list(languages.values())}, plot_dir / "languages.png", title="language mix"),
     ]
     run_licenses = set()
@@ -438,6 +434,21 @@ def recipe_argument(recipe_file: str | None) -> str:
     except RecipeError:
         pass
     return path.name
+
+
+def _length_histogram(con: duckdb.DuckDBPyConnection, rows_query: str, params: list[Any], bins: int = 30) -> tuple[list[float], list[int], list[int]]:
+    """Bin edges and counts (all rows, kept rows) computed in DuckDB: memory does not grow with the run."""
+    low, high = con.execute(f"SELECT min(x), max(x) FROM ({rows_query})", params).fetchone()
+    low, high = float(low or 0), float(high or 0)
+    width = (high - low) / bins if high > low else 1.0
+    edges = [low + i * width for i in range(bins + 1)]
+    counts = con.execute(
+        f"SELECT least(CAST(floor((x - ?) / ?) AS INTEGER), {bins - 1}) AS b, count(*), count(*) FILTER (WHERE kept) "
+        f"FROM ({rows_query}) GROUP BY b", [low, width, *params]).fetchall()
+    everything, kept = [0] * bins, [0] * bins
+    for b, n, k in counts:
+        everything[b], kept[b] = n, k
+    return edges, everything, kept
 
 
 def _scalar(con: duckdb.DuckDBPyConnection, query: str, params: list[Any] | None = None) -> int:

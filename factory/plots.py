@@ -44,30 +44,32 @@ def funnel(steps: Sequence[tuple[str, int]], target: Path) -> str:
     return _save(fig, target)
 
 
-def yield_per_prompt(accepted_per_prompt: Sequence[int], target: Path) -> str:
-    """How many samples of each prompt passed every filter step (0 = the prompt yields nothing)."""
+def yield_per_prompt(prompts_by_accepted: dict[int, int], target: Path) -> str:
+    """How many prompts had 0, 1, 2, ... samples pass every filter step (0 = the prompt yields nothing)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    top = max(accepted_per_prompt, default=0)
-    ax.hist(accepted_per_prompt, bins=np.arange(-0.5, top + 1.5, 1.0), color="#55a868", rwidth=0.85)
+    xs = sorted(prompts_by_accepted)
+    ax.bar(xs, [prompts_by_accepted[x] for x in xs], color="#55a868", width=0.85)
+    ax.set_xticks(range(0, max(xs, default=0) + 1))
     ax.set_xlabel("samples per prompt that passed every filter step")
     ax.set_ylabel("prompts")
     ax.set_title("yield per prompt")
     return _save(fig, target)
 
 
-def lengths(generated: Sequence[int], selected: Sequence[int], target: Path, *, label: str) -> str:
-    """Length distribution, generated vs selected, on the same bins so the two can be compared."""
+def lengths(edges: Sequence[float], generated: Sequence[int], selected: Sequence[int], target: Path, *, label: str,
+            names: tuple[str, str] = ("generated", "selected")) -> str:
+    """Length histograms (counts per bin) on the same bins, so generated and selected compare directly."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    edges = np.histogram_bin_edges(np.asarray(list(generated) or [0]), bins=30)
-    ax.hist(generated, bins=edges, alpha=0.55, label=f"generated ({len(generated)})", color="#4c72b0")
-    if selected:
-        ax.hist(selected, bins=edges, alpha=0.85, label=f"selected ({len(selected)})", color="#dd8452")
+    widths = np.diff(np.asarray(edges, dtype=float))
+    ax.bar(edges[:-1], generated, width=widths, align="edge", alpha=0.55, color="#4c72b0", label=f"{names[0]} ({sum(generated)})")
+    if any(selected):
+        ax.bar(edges[:-1], selected, width=widths, align="edge", alpha=0.85, color="#dd8452", label=f"{names[1]} ({sum(selected)})")
     ax.set_xlabel(label)
     ax.set_ylabel("samples")
     ax.legend()
-    ax.set_title("length: generated vs selected")
+    ax.set_title(f"length: {' vs '.join(n for n in names if n)}")
     return _save(fig, target)
 
 
