@@ -190,9 +190,14 @@ def _run_card(con: duckdb.DuckDBPyConnection, store: RunStore, target: Path) -> 
     ]
     if reasons:
         teachers = sorted({public_name(m) or "?" for m, _, _, _ in reasons})
+        totals: dict[str, int] = {}
+        for _, step, code, n in reasons:
+            totals[f"{step}/{code}"] = totals.get(f"{step}/{code}", 0) + n
+        shown = set(sorted(totals, key=lambda k: (-totals[k], k))[:9])  # more colours than that cannot be told apart
         stacks: dict[str, list[int]] = {}
         for model, step, code, n in reasons:
-            stacks.setdefault(f"{step}/{code}", [0] * len(teachers))[teachers.index(public_name(model) or "?")] += n
+            key = f"{step}/{code}" if f"{step}/{code}" in shown else "other"
+            stacks.setdefault(key, [0] * len(teachers))[teachers.index(public_name(model) or "?")] += n
         drawn.append(plots.stacked_bars(teachers, stacks, plot_dir / "rejections_by_teacher.png", title="rejection reasons by teacher"))
 
     license_ = _run_license(recipe)
@@ -208,7 +213,8 @@ def _run_card(con: duckdb.DuckDBPyConnection, store: RunStore, target: Path) -> 
         "",
         f"Recipe `{manifest.get('recipe_name')}` (hash `{manifest.get('recipe_hash')}`, seed {manifest.get('seed')}); "
         f"teacher role `{teacher.get('role')}` on backend `{teacher.get('backend')}` with model `{public_name(teacher.get('model'))}`.",
-        f"Sampling: {_sampling(recipe)}. Selection: {_selection(recipe)}. Licence: `{license_}`.",
+        f"Sampling: {_sampling(recipe) if teacher.get('backend') != 'replay' else 'imported traces (replay)'}. "
+        f"Selection: {_selection(recipe)}. Licence: `{license_}`.",
         f"Run created {manifest.get('created_at')}; card written {utc_now().isoformat(timespec='seconds')}.",
         "",
         "Reproduce:",

@@ -92,7 +92,6 @@ def push_folder(folder: Path, repo_id: str, *, private: bool = False) -> str:
     """Upload an exported folder as a dataset repo (needs a Hub token: `hf auth login` or HF_TOKEN)."""
     try:
         from huggingface_hub import HfApi
-        from huggingface_hub.errors import HfHubHTTPError
     except ImportError:
         raise FactoryError("--push: huggingface_hub is not installed (pip install huggingface_hub)") from None
     api = HfApi()
@@ -100,7 +99,7 @@ def push_folder(folder: Path, repo_id: str, *, private: bool = False) -> str:
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
         api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="dataset",
                           commit_message="factory export")
-    except (HfHubHTTPError, OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 (any failure of the upload: no token, no network, refused; the folder stays)
         raise FactoryError(f"--push {repo_id}: {str(exc).strip().splitlines()[0]} (the folder {folder} is complete; "
                            "push it again later)") from None
     return f"https://huggingface.co/datasets/{repo_id}"
