@@ -289,9 +289,9 @@ def export(
     from factory.export import export_dataset
 
     report = export_dataset(run=run, mix=mix, out_dir=out_dir, push=push, shard_mb=shard_mb, private=private)
-    out.print(rows_table(f"export {report.kind} '{report.name}' → {report.out_dir}", ("subset", "rows"),
+    out.print(rows_table(f"export {report.kind} '{report.name}'", ("subset", "rows"),
                          [*report.subsets.items(), ("all", report.rows)], right=("rows",)))
-    out.print(kv_table("written", {"data shards": len(report.shards), "card": report.card, "plots": ", ".join(report.plots),
+    out.print(kv_table("written", {"folder": report.out_dir, "data shards": len(report.shards), "card": report.card, "plots": ", ".join(report.plots),
                                    **({"pushed to": report.pushed_to} if report.pushed_to else {}),
                                    "load with": f"datasets.load_dataset({str(report.out_dir)!r})"}))
 

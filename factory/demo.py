@@ -74,7 +74,8 @@ def run_demo(console: Console, *, prompts: int = 64, distill_steps: int = 30, pr
     for name, seconds in timings.items():
         summary.add_row(name, str(counts.get(name, "")), f"{seconds:.1f}")
     summary_console.print(summary)
-    summary_console.print(f"card: {card}")
+    if not progress:  # otherwise the card stage already said where it is
+        summary_console.print(f"card: {card}")
     return timings
 
 
