@@ -51,8 +51,9 @@ def run_demo(console: Console, *, prompts: int = 64, distill_steps: int = 30, pr
         funnel = " → ".join([f"generated {report.generated}"] + [f"{s.step} {s.passed}" for s in report.steps] + [f"selected {report.selected}"])
         console.print(f"filter: {funnel}")
     with stage("mix"):
-        # Only the run the demo made: the other components of sft_mix would each warn that they do not exist.
-        mixed = run_mix("sft_mix", ["scale=0.02", "components=[{run: cold_start, quota: 5000}]"])
+        # Only the run the demo made, all of it: sft_mix's other components (and its paper-scale quota)
+        # would each warn about runs and samples the demo never meant to make.
+        mixed = run_mix("sft_mix", ["scale=1.0", f"components=[{{run: cold_start, quota: {report.selected}}}]"])
         console.print(f"mix: {mixed.samples} training samples in {mixed.path}")
     with stage("distill"):
         # A tiny random-init student needs a far larger step than a real 1.5B one to move in 30 steps.

@@ -100,7 +100,7 @@ def test_card_and_mix_manifest(factory_home: Path, tmp_path: Path) -> None:
         assert manifest["samples"] == selected and manifest["components"][0]["run"] == "tiny_gen"
     run_cli("card", "--run", "tiny_gen", "--out", str(tmp_path / "cards"), home=factory_home)
     card = (tmp_path / "cards" / "tiny_gen" / "README.md").read_text()
-    assert "| generated | | 12 |" in card and "Filter funnel" in card
+    assert "| generated |  | 12 |" in card and "Filter funnel" in card
     assert f"factory generate --recipe {recipe.name}" in card and str(tmp_path) not in card  # not shipped: its file name
 
 
