@@ -74,7 +74,6 @@ def quiet_dependencies() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     for name in ("httpx", "urllib3", "datasets", "filelock", "transformers", "torch", "huggingface_hub", "accelerate",
                  "matplotlib", "PIL"):
         logging.getLogger(name).setLevel(logging.WARNING)
