@@ -78,26 +78,3 @@ def quiet_dependencies() -> None:
                  "matplotlib", "PIL"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
-
-def silence_loaded_dependencies() -> None:
-    """Once transformers / datasets / huggingface_hub are imported: their bars off, their loggers at error."""
-    try:
-        import transformers
-
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-    except ImportError:
-        pass
-    try:
-        import datasets
-
-        datasets.utils.logging.set_verbosity_error()
-        datasets.disable_progress_bars()
-    except ImportError:
-        pass
-    try:
-        import huggingface_hub.utils
-
-        huggingface_hub.utils.disable_progress_bars()
-    except ImportError:
-        pass
