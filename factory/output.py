@@ -61,10 +61,6 @@ def error_line(message: str) -> Text:
     return Text.assemble(("error:", "red"), " ", message)
 
 
-def heading(text: str) -> Text:
-    return Text(text, style="bold")
-
-
 def quiet_dependencies() -> None:
     """Silence dependencies' own progress bars and chatter: the factory shows one progress display per stage.
 
