@@ -57,8 +57,7 @@ def export_dataset(*, run: str | None = None, mix: str | None = None, out_dir: P
     if shard_mb <= 0:
         raise FactoryError(f"--shard-mb: expected a positive size in MB, got {shard_mb}")
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "README.md").exists():
-        raise FactoryError(f"--out {out_dir}: exists and is not an exported dataset; give an empty or new directory")
+    _check_replaceable(out_dir)
     # Build beside the target and swap in at the end: a failed export leaves the old folder as it was.
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -221,6 +220,22 @@ def _configs(subsets: dict[str, int]) -> list[dict[str, Any]]:
     if len(subsets) > 1:
         configs += [{"config_name": s, "data_files": [{"split": "train", "path": f"data/{s}/train-*.parquet"}]} for s in subsets]
     return configs
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    """An existing --out is replaced whole, so it must hold nothing but an earlier export (no .git, no notes)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FactoryError(f"--out {out_dir}: is a file; expected a directory (new, empty, or an earlier export)")
+    if not out_dir.exists():
+        return
+    entries = {p.name for p in out_dir.iterdir()}
+    if not entries:
+        return
+    readme = out_dir / "README.md"
+    is_export = entries <= {"README.md", "data", "plots"} and readme.is_file() and "- factory\n" in readme.read_text(errors="replace")
+    if not is_export:
+        raise FactoryError(f"--out {out_dir}: holds other files ({', '.join(sorted(entries)[:5])}); expected a new or empty "
+                           "directory or an earlier `factory export`, which is replaced whole")
 
 
 def _publish(staging: Path, out_dir: Path) -> None:

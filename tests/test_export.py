@@ -120,15 +120,19 @@ def test_export_bad_input_is_one_line(home: Path, tmp_path: Path) -> None:
     replay_run(tmp_path, home)
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
+    (tmp_path / "repo" / ".git").mkdir(parents=True)  # a clone with a README is not an export to replace
+    (tmp_path / "repo" / "README.md").write_text("# my project\n")
     for args, expected in ((["--run", "nope", "--out", str(tmp_path / "x")], "--run nope"),
                            (["--mix", "nope", "--out", str(tmp_path / "x")], "--mix nope"),
                            (["--run", "traces", "--out", str(tmp_path / "busy")], "--out"),
+                           (["--run", "traces", "--out", str(tmp_path / "repo")], "holds other files"),
                            (["--run", "traces", "--mix", "m", "--out", str(tmp_path / "x")], "one of them")):
         proc = run_cli("export", *args, home=home, check=False)
         assert proc.returncode == 2, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and expected in proc.stderr
     assert not (tmp_path / "x").exists()
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+    assert (tmp_path / "repo" / "README.md").read_text() == "# my project\n" and (tmp_path / "repo" / ".git").is_dir()
 
 
 def test_export_mix_and_mix_card(home: Path, tmp_path: Path) -> None:
