@@ -400,8 +400,6 @@ def models_build(
     from factory.models import build_tiny_models
     from factory.paths import models_dir
 
-    if not quiet:
-        err.print(f"tiny models in {models_dir()} (a build takes about two minutes on 2 CPU cores)")
     paths = build_tiny_models(models_dir(), seed=seed, force=force, progress=not quiet)
     for name, path in paths.items():
         out.print(f"{name}: {path}")
