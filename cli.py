@@ -162,6 +162,8 @@ def filter_(
     recipe: Annotated[str | None, typer.Option("--recipe", help="Take filters from this recipe instead of the run's.")] = None,
     only: Annotated[list[str] | None, typer.Option("--only", help="Run only these steps (repeatable).")] = None,
     recompute: Annotated[bool, typer.Option("--recompute", help="Recompute verdicts that already exist.")] = False,
+    workers: Annotated[int | None, typer.Option("--workers", help="Worker processes (default: the recipe's, else one per core).")] = None,
+    executor: Annotated[str | None, typer.Option("--executor", help="local (default) or ray (pip install -e \".[ray]\").")] = None,
     quiet: Quiet = False,
 ) -> None:
     """Apply the run's filters (format, language, readability, correctness, judge, dedup, decontam) and select k per prompt.
@@ -171,7 +173,8 @@ def filter_(
     _apply_quiet(quiet)
     from factory.filter import run_filter
 
-    report = run_filter(run, recipe=recipe, only=only, recompute=recompute, progress=not quiet)
+    report = run_filter(run, recipe=recipe, only=only, recompute=recompute, progress=not quiet, workers=workers,
+                        executor=executor)  # type: ignore[arg-type]
     columns = ("step", "in", "passed", "rejected", "unverifiable", "computed", "reused")
     rows = [("generated", report.generated, None, None, None, None, None)]
     rows += [(s.step, s.candidates, s.passed, s.rejected, s.unverifiable, s.computed, s.reused) for s in report.steps]
@@ -196,8 +199,11 @@ def mix(
     from factory.mix import run_mix
 
     report = run_mix(recipe, overrides)
-    out.print(rows_table(f"mix → dataset '{report.dataset}' ({report.samples} samples)", ("run", "quota", "curated", "taken"),
-                         [(c.run, c.quota, c.available, c.taken) for c in report.components], right=("quota", "curated", "taken")))
+    columns = ("run", "quota", "curated", "duplicates dropped", "taken")
+    out.print(rows_table(f"mix → dataset '{report.dataset}' ({report.samples} samples)", columns,
+                         [(c.run, c.quota, c.available, c.duplicates_dropped, c.taken) for c in report.components], right=columns[1:]))
+    if report.duplicates_dropped:
+        out.print(f"dropped {report.duplicates_dropped} exact prompt+response duplicates across runs (dedup_exact: false keeps them)")
     out.print(f"written to {report.path}")
 
 
