@@ -144,9 +144,20 @@ class LanguageStep(FilterStep):
         params = dict(self.params)
         target = params.pop("target", None)
         return [
-            _from_verdict(check_language_consistency(r["reasoning"] or "", r["answer"] or "", target=target or r["language"] or "en", **params))
+            _from_verdict(check_language_consistency(r["reasoning"] or "", r["answer"] or "", target=target or _row_language(r), **params))
             for r in rows
         ]
+
+
+def _row_language(row: Row) -> str:
+    """The language a sample's reasoning must be in: its prompt's (stored, else detected by script);
+    a prompt with no letters ("2 + 2 = ?") leaves the reasoning free to pick one, but only one."""
+    from verifiers.language import detect_language, is_known_target
+
+    stored = row["language"]
+    if stored and is_known_target(stored):
+        return stored
+    return detect_language(row["prompt"] or "") or detect_language(row["reasoning"] or "") or "en"
 
 
 class ReadabilityStep(FilterStep):
