@@ -383,3 +383,17 @@ def test_unknown_language_code_is_a_recipe_error_at_the_line(factory_home: Path,
     recipe = _recipe(tmp_path, "badlang", "pc.jsonl", "    language: klingon\n")
     proc = run_cli("generate", "--recipe", str(recipe), "--quiet", home=factory_home, check=False)
     assert proc.returncode == 2 and "badlang.yaml:9: teacher.replay.language" in proc.stderr and "klingon" in proc.stderr
+
+
+@pytest.mark.parametrize("name, shape", [("sharegpt", "sharegpt"), ("messages", "messages"), ("prompt_completion", "prompt_completion"),
+                                         ("alpaca", "alpaca"), ("openr1", "openr1"), ("columns", "columns")])
+def test_shipped_import_recipes_import_and_pass_format(factory_home: Path, name: str, shape: str) -> None:
+    recipe = Path(__file__).resolve().parent.parent / "recipes" / "import" / f"{name}.yaml"
+    report = run_generate(str(recipe), progress=False)
+    assert report.extra["formats"] == {shape: report.planned} and report.generated == report.planned
+    assert set(report.extra["languages"]) == {"en", "zh"}
+    run = report.run
+    filtered = run_filter(run, progress=False)
+    store = RunStore.for_dataset(run)
+    format_verdicts = store.latest_verdicts("format")
+    assert len(format_verdicts) == report.generated and all(v["passed"] for v in format_verdicts.values()), filtered

@@ -292,8 +292,12 @@ _SCRIPT_LANGUAGE: dict[str, str] = {
     "tamil": "ta", "telugu": "te", "thai": "th", "armenian": "hy", "georgian": "ka",
 }
 _KANA = ("hiragana", "katakana")
-# Identifiers written in code (snake_case, dotted names, calls): not words of any language.
-_CODE_TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:(?:[_.][A-Za-z0-9_]+)+|\()")
+# Identifiers written in code (snake_case, dotted names, calls) and the commonest keywords of
+# Python/JS/C: not words of any language.
+_CODE_TOKEN = re.compile(
+    r"[A-Za-z_][A-Za-z0-9_]*(?:(?:[_.][A-Za-z0-9_]+)+|\()"
+    r"|\b(?:def|return|lambda|import|from|class|elif|else|while|print|self|None|True|False|null|true|false|const|"
+    r"let|var|function|void|public|static|struct|include|printf|std)\b")
 
 
 def detect_language(text: str) -> str | None:
@@ -322,11 +326,23 @@ def detect_language(text: str) -> str | None:
     if not counts:
         return "en"
     script = max(counts, key=counts.__getitem__)
-    if counts[script] < latin:
+    # A question is usually asked in the language it starts with: that one needs half the share.
+    needed = latin / 2 if _first_script(text) == script else latin
+    if counts[script] < needed:
         return "en"
     if script == "other":  # letters of a script the table does not know: nothing to judge against
         return "en" if latin else None
     return _SCRIPT_LANGUAGE.get(script, script)
+
+
+def _first_script(text: str) -> str | None:
+    """The script of the first prose letter (code and math removed; kana counted as Japanese)."""
+    prose = _NON_PROSE.sub(" ", _CODE_TOKEN.sub(" ", text))
+    letter = _ANY_LETTER.search(prose)
+    if letter is None:
+        return None
+    script = SCRIPTS[int(_script_table()[ord(letter.group())])]
+    return "hiragana" if script in ("han", "katakana") and any(s in script_units(prose) for s in _KANA) else script
 
 
 def is_known_target(target: str | None) -> bool:
