@@ -327,8 +327,7 @@ def detect_language(text: str) -> str | None:
         return "en"
     script = max(counts, key=counts.__getitem__)
     # A question is usually asked in the language it starts with: that one needs half the share.
-    needed = latin / 2 if _first_script(text) == script else latin
-    if counts[script] < needed:
+    if counts[script] < latin and not (counts[script] >= latin / 2 and _first_script(text) == script):
         return "en"
     if script == "other":  # letters of a script the table does not know: nothing to judge against
         return "en" if latin else None
@@ -342,7 +341,12 @@ def _first_script(text: str) -> str | None:
     if letter is None:
         return None
     script = SCRIPTS[int(_script_table()[ord(letter.group())])]
-    return "hiragana" if script in ("han", "katakana") and any(s in script_units(prose) for s in _KANA) else script
+    if script in ("han", "katakana"):  # detect_language judges Japanese as one "hiragana" script
+        return "hiragana" if _KANA_CHAR.search(prose) is not None else script
+    return script
+
+
+_KANA_CHAR = re.compile(r"[\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9f]")
 
 
 def is_known_target(target: str | None) -> bool:

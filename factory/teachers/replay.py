@@ -117,6 +117,7 @@ class _StagedImport:
         task_type = str((raw.get(fields.task_type) if fields.task_type else None) or options.default_task_type)
         model = str(raw[fields.model]) if fields.model and raw.get(fields.model) else self.recipe.teacher.model
         explicit_id = raw.get(fields.prompt_id) if fields.prompt_id else None
+        last_prompt, language = None, "und"
         for trace in traces_of(raw, shape, fields, where):
             self.total += 1
             prompt = next((m["content"] for m in reversed(trace.prompt_messages) if m["role"] == "user"), "")
@@ -129,7 +130,8 @@ class _StagedImport:
                 continue
             thinking = normalise_thinking(trace.completion, trace.reasoning, convention=options.thinking,
                                           tags=options.think_tags)
-            language = self._language(row_language, prompt)
+            if prompt != last_prompt:  # OpenR1 rows: one prompt, many traces
+                language, last_prompt = self._language(row_language, prompt), prompt
             self.conventions[thinking.convention] += 1
             self.languages[language] += 1
             labels = trace.labels or None
@@ -179,14 +181,18 @@ class _Columns:
 
     def table(self, *, run: str, recipe: GenerateRecipe, rhash: str, source: str) -> pa.Table:
         n = self.rows
+        # created_at as epoch microseconds: converting a tz-aware datetime makes pyarrow import pandas.
+        now_us = int(utc_now().timestamp() * 1_000_000)
         constant = {"run": run, "recipe": recipe.name, "recipe_hash": rhash, "source": source,
-                    "teacher_role": recipe.teacher.role, "backend": "replay", "attempts": 1, "created_at": utc_now()}
+                    "teacher_role": recipe.teacher.role, "backend": "replay", "attempts": 1, "created_at": now_us}
         arrays = []
         for field in SAMPLE_SCHEMA:
             if field.name in self.columns:
                 values = self.columns[field.name]
                 type_ = pa.list_(MESSAGE) if field.name == "prompt_messages" else field.type
                 arrays.append(pa.array(values, type=type_))
+            elif field.name == "created_at":
+                arrays.append(pa.array([now_us] * n, type=pa.int64()).cast(field.type))
             elif field.name in constant:
                 arrays.append(pa.repeat(pa.scalar(constant[field.name], type=field.type), n))
             else:  # sampling settings, token counts, latency: unknown for someone else's traces
