@@ -135,12 +135,10 @@ class _StagedImport:
             self.conventions[thinking.convention] += 1
             self.languages[language] += 1
             labels = trace.labels or None
-            self.buffer.add(
-                sample_id=sample_id, prompt_id=prompt_id, sample_index=index, task_type=task_type, language=language,
-                prompt=prompt, prompt_messages=trace.prompt_messages, reference=reference, tests=tests, model=model,
-                text=thinking.text, reasoning=thinking.reasoning, answer=thinking.answer,
-                finish_reason=_finish_reason(thinking.closed, labels), thinking=thinking.convention,
-                source_labels=_labels_json(labels),
+            self.buffer.add(  # in _Columns.NAMES order
+                sample_id, prompt_id, index, task_type, language, prompt, trace.prompt_messages, reference, tests, model,
+                thinking.text, thinking.reasoning, thinking.answer, _finish_reason(thinking.closed, labels),
+                thinking.convention, _labels_json(labels),
             )
 
     def _language(self, row_language: Any, prompt: str) -> str:
@@ -170,14 +168,16 @@ class _Columns:
 
     def __init__(self) -> None:
         self.columns: dict[str, list[Any]] = {name: [] for name in self.NAMES}
+        self.lists = list(self.columns.values())
         self.rows = 0
         self.text_bytes = 0
 
-    def add(self, **values: Any) -> None:
-        for name, value in values.items():
-            self.columns[name].append(value)
+    def add(self, *values: Any) -> None:
+        """One sample's values, in the order of ``NAMES``."""
+        for column, value in zip(self.lists, values):
+            column.append(value)
         self.rows += 1
-        self.text_bytes += len(values["text"]) + len(values["prompt"])
+        self.text_bytes += len(values[10]) + len(values[5])  # text + prompt
 
     def table(self, *, run: str, recipe: GenerateRecipe, rhash: str, source: str) -> pa.Table:
         n = self.rows

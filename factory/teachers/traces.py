@@ -244,6 +244,8 @@ def normalise_thinking(completion: str, reasoning: str | None = None, *, convent
         answer = normalise_thinking(completion, convention=convention, tags=tags).answer
         return Thinking(_canonical(reasoning.strip(), answer), reasoning.strip(), answer, "field", True)
     found = _convention(completion, convention, tags)
+    if found == "none":  # declared or found: the whole completion is the answer
+        return Thinking(completion, None, completion.strip(), "none", True)
     text = _to_think_tags(completion, found, tags)
     return _split(text, found)
 
