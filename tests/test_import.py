@@ -397,3 +397,12 @@ def test_shipped_import_recipes_import_and_pass_format(factory_home: Path, name:
     store = RunStore.for_dataset(run)
     format_verdicts = store.latest_verdicts("format")
     assert len(format_verdicts) == report.generated and all(v["passed"] for v in format_verdicts.values()), filtered
+
+
+def test_generated_text_in_other_conventions_keeps_tags_out_of_the_answer() -> None:
+    from factory.teachers.base import split_think
+
+    thought = _thought("two and two", "\\boxed{4}")
+    assert split_think(thought) == (thought, "two and two", "\\boxed{4}")  # text kept as the model wrote it
+    assert split_think("two and two\n</think>\n\\boxed{4}")[1:] == ("two and two", "\\boxed{4}")
+    assert split_think("no reasoning at all") == ("no reasoning at all", None, "no reasoning at all")
