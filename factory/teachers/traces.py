@@ -205,6 +205,8 @@ def _from_columns(row: dict[str, Any], fields: ReplayFields, where: str) -> Iter
     generations = row[generation_column]
     reasoning = row.get(fields.reasoning) if fields.reasoning else None
     if not isinstance(generations, list):
+        if isinstance(reasoning, list):  # several thinking segments for one answer (s1K's thinking_trajectories)
+            reasoning = "\n\n".join(str(part) for part in reasoning if part)
         yield Trace(prompt, _text(generations), reasoning if isinstance(reasoning, str) else None)
         return
     labels = _parallel_labels(row, generation_column, len(generations), fields)
