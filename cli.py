@@ -13,11 +13,42 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
-from factory.errors import FactoryError
+from factory.errors import FactoryError, environment_error
+from factory.text import escape_surrogates
+
+
+class OneLineUsageErrors(TyperGroup):
+    """A flag of the wrong type, an unknown option or a missing argument: one line and exit 2, like other bad input."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        if not kwargs.get("standalone_mode", True) or len(args) > 3:
+            return super().main(*args, **kwargs)
+        try:
+            result = super().main(*args, **{**kwargs, "standalone_mode": False})
+        except typer.Abort:
+            err.print("aborted", markup=False, highlight=False)
+            sys.exit(1)
+        except typer.TyperException as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError" or not isinstance(exc, _usage_error_class()):
+                exc.show()  # help asked for by giving no arguments, or a file error: click's own words
+                sys.exit(getattr(exc, "exit_code", 2))
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+            _print_error(FactoryError(exc.format_message().rstrip(".") + hint))
+            sys.exit(2)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+def _usage_error_class() -> type:
+    return typer.BadParameter.__mro__[1]  # typer's UsageError (its click is vendored and not re-exported)
+
 
 app = typer.Typer(
+    cls=OneLineUsageErrors,
     help="factory: R1-style data generation, filtering, mixing and distillation.\n\n"
     "Pipeline: sources → generate → store → filter → mix → distill → eval → cards.\n\n"
     "Start with `factory demo` (tiny local models, a few minutes on a CPU).",
@@ -43,13 +74,25 @@ def one_line_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except FactoryError as exc:
-            err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
+            _print_error(exc)
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:
+            error = environment_error(exc)
+            if error is None:
+                raise
+            _print_error(error)
+            raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt:
             err.print("interrupted; completed work is kept, run the same command to resume")
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _print_error(exc: FactoryError) -> None:
+    # The message may quote data or an OS message: no markup in it, lone surrogates escaped, one line.
+    message = " ".join(escape_surrogates(str(exc)).split("\n"))
+    err.print("[red]error:[/red] " + escape(message), markup=True, highlight=False, soft_wrap=True)
 
 
 @app.callback()
@@ -169,7 +212,7 @@ def distill(
     data: Annotated[str | None, typer.Option("--data", help="Training set: a mixed dataset name or a Parquet/JSONL path.")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output model dir.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")] = False,
-    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after this many optimizer steps.")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, help="Stop after this many optimizer steps.")] = None,
     overrides: Annotated[list[str] | None, typer.Argument(help="Dotted overrides, e.g. learning_rate=3e-4.")] = None,
     quiet: Quiet = False,
 ) -> None:
@@ -221,15 +264,21 @@ def eval_(
 def sql(
     query: Annotated[str, typer.Argument(help="One read-only query over views samples, verdicts, verdicts_all, runs, mixes, evals.")],
     format: Annotated[str, typer.Option("--format", "-f", help="table | csv | json")] = "table",
+    out_file: Annotated[Path | None, typer.Option("--out", "-o", help="Write the result to FILE.parquet, .csv, .json or .jsonl instead.")] = None,
 ) -> None:
-    """Query the store with DuckDB (read-only).
+    """Query the store with DuckDB (read-only: SQL cannot write files; export with --out).
 
     Example: factory sql "SELECT step, passed, count(*) FROM verdicts GROUP BY ALL ORDER BY ALL"
+    Example: factory sql "SELECT * FROM samples WHERE run = 'cold_start'" --out cold_start.parquet
     """
-    from factory.sql import run_sql
+    from factory.sql import export_sql, run_sql
 
     if format not in ("table", "csv", "json"):
         raise FactoryError(f"--format: expected table, csv or json, got {format!r}")
+    if out_file is not None:
+        rows = export_sql(query, out_file)
+        err.print(f"{rows} rows written to {out_file}", markup=False, highlight=False)
+        return
     result = run_sql(query)
     if format == "json":
         sys.stdout.write(json.dumps(result.to_dicts(), default=str, ensure_ascii=False) + "\n")
@@ -268,8 +317,8 @@ def card(
 @app.command()
 @one_line_errors
 def demo(
-    prompts: Annotated[int, typer.Option("--prompts", help="Arithmetic prompts to generate for.")] = 64,
-    steps: Annotated[int, typer.Option("--steps", help="Distillation steps.")] = 30,
+    prompts: Annotated[int, typer.Option("--prompts", min=1, help="Arithmetic prompts to generate for.")] = 64,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Distillation steps.")] = 30,
     quiet: Quiet = False,
 ) -> None:
     """generate → filter → mix → distill → sql on the tiny local models (a few minutes on a CPU).
@@ -309,14 +358,17 @@ def verify_math(
     response: Annotated[str, typer.Option("--response", help="Response column.")] = "response",
     output: Annotated[Path | None, typer.Option("--out", help="Verdicts file (default: FILE.math_verdicts.jsonl).")] = None,
     workers: Annotated[int | None, typer.Option("--workers")] = None,
+    policy: Annotated[str, typer.Option("--policy", help="strict: only an explicit answer form counts; "
+                                        "lenient: also the last number/math span of the last sentence.")] = "strict",
 ) -> None:
     """Check responses against gold answers with the math verifier.
 
-    Example: factory verify math answers.jsonl --gold answer --response completion
+    Example: factory verify math answers.jsonl --gold answer --response completion --policy lenient
     """
     from factory.verify import verify_math_file
 
-    report = verify_math_file(path, gold_field=gold, response_field=response, out_path=output, workers=workers)
+    report = verify_math_file(path, gold_field=gold, response_field=response, out_path=output, workers=workers,
+                              policy=policy)
     out.print(_kv_table(f"verify math {path}", report))
 
 
@@ -347,7 +399,7 @@ def verify_code(
 def dedup(
     path: Annotated[Path, typer.Argument(help="JSONL or Parquet file.")],
     field: Annotated[str, typer.Option("--field", help="Text column.")] = "text",
-    threshold: Annotated[float | None, typer.Option("--threshold", help="MinHash Jaccard threshold in (0, 1] (default 0.7).")] = None,
+    threshold: Annotated[float | None, typer.Option("--threshold", help="MinHash Jaccard threshold in (0, 1] (default 0.3 on word bigrams; higher for short texts).")] = None,
     num_perm: Annotated[int | None, typer.Option("--num-perm", help="MinHash permutations, >= 16 (default 128).")] = None,
     output: Annotated[Path | None, typer.Option("--out")] = None,
 ) -> None:

@@ -5,9 +5,13 @@ check(entry_point)) on 2 cores, both ways, in the same run:
 
 * naive:   one fresh `python -c` subprocess per program (no sandbox at all),
            2 at a time;
-* sandbox: `SandboxPool(2)`: warm fork servers, each program in its own
-           network+mount namespace under an unprivileged uid, with rlimits,
-           tests in a separate process.
+* sandbox: `SandboxPool(2)`: warm fork servers (network+mount namespace,
+           minimal read-only root), each program in its own PID, IPC and
+           mount namespace (fresh /tmp/work and /proc) and its slot's cgroup (CPU,
+           memory, pids), under an unprivileged uid with a seccomp filter and
+           rlimits, tests in a separate process;
+* layers:  the same pool with one isolation layer switched off at a time
+           (``without_layers``), so the table shows what each layer costs.
 
 Also reports CPU milliseconds per execution (all processes), which moves less
 than wall-clock rates when other jobs share the machine, and the load average
@@ -73,10 +77,10 @@ def run_in_process(tasks: list[dict]) -> dict:
             "cpu_ms_per_exec": (time.process_time() - cpu0) * 1000 / len(tasks)}
 
 
-def run_sandbox(tasks: list[dict], rounds: int, pin: bool = True) -> dict:
+def run_sandbox(tasks: list[dict], rounds: int, pin: bool = True, without: tuple[str, ...] = ()) -> dict:
     items = [(row["prompt"] + row["canonical_solution"], CodeTests.from_dict(row)) for row in tasks] * rounds
     cpu0, start = children_cpu_s(), time.perf_counter()
-    with SandboxPool(CORES, pin_workers=pin) as pool:
+    with SandboxPool(CORES, pin_workers=pin, without_layers=without) as pool:
         ready = time.perf_counter()
         pool.run_batch(items[:CORES * 4])  # warm-up, not timed
         timed_start = time.perf_counter()
@@ -87,7 +91,21 @@ def run_sandbox(tasks: list[dict], rounds: int, pin: bool = True) -> dict:
     cpu_ms = (children_cpu_s() - cpu0) * 1000 / (len(items) + CORES * 4)
     return {"executions": len(items), "passed": sum(v.passed for v in verdicts), "seconds": wall,
             "exec_per_s": len(items) / wall, "cpu_ms_per_exec": cpu_ms, "startup_s": ready - start,
-            "isolation": isolation}
+            "isolation": isolation, "layers": pool.info.get("layers", {})}
+
+
+LAYERS = {"cgroup": "per-slot cgroup (CPU, memory, pids)", "pidns": "PID namespace per program",
+          "program_ns": "IPC+mount ns, fresh /tmp/work, /proc", "seccomp": "seccomp keyring filter"}
+
+
+def run_layers(tasks: list[dict], rounds: int) -> dict:
+    """The full sandbox and, for each optional layer, the sandbox without it (interleaved twice, best kept)."""
+    runs: dict[str, list[dict]] = {"full": []}
+    for _ in range(2):
+        runs["full"].append(run_sandbox(tasks, rounds))
+        for layer in LAYERS:
+            runs.setdefault(layer, []).append(run_sandbox(tasks, rounds, without=(layer,)))
+    return {name: min(results, key=lambda r: r["cpu_ms_per_exec"]) for name, results in runs.items()}
 
 
 def main() -> None:
@@ -99,11 +117,13 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     naive = run_naive(tasks[:48] if args.quick else tasks)
     sandbox = run_sandbox(tasks, 1 if args.quick else 3)
+    layers = run_layers(tasks, 1 if args.quick else 2)
     floor = run_in_process(tasks)
     load_after = os.getloadavg()[0]
     result = {
         "benchmark": "code_verify", "cores": CORES, "quick": args.quick, "python": sys.version.split()[0],
         "loadavg_1m": [load_before, load_after], "naive": naive, "sandbox": sandbox, "in_process": floor,
+        "layers": layers,
         "speedup": sandbox["exec_per_s"] / naive["exec_per_s"],
         "cpu_speedup": naive["cpu_ms_per_exec"] / sandbox["cpu_ms_per_exec"],
     }
@@ -115,6 +135,16 @@ def main() -> None:
           f"{sandbox['passed']:>8}{sandbox['exec_per_s']:>9.1f}{sandbox['cpu_ms_per_exec']:>13.2f}")
     print(f"{'in-process exec, 1 core (floor)':<34}{floor['executions']:>6}{floor['passed']:>8}"
           f"{floor['exec_per_s']:>9.1f}{floor['cpu_ms_per_exec']:>13.2f}")
+    full = layers["full"]["cpu_ms_per_exec"]
+    print(f"\ncost of each isolation layer (pool without it vs the full sandbox, best of 2 runs of "
+          f"{layers['full']['executions']}):")
+    print(f"{'layer':<40}{'exec/s without':>16}{'CPU ms/exec without':>21}{'layer costs ms':>16}")
+    print(f"{'(full sandbox)':<40}{layers['full']['exec_per_s']:>16.1f}{full:>21.2f}{'':>16}")
+    for layer, label in LAYERS.items():
+        row = layers[layer]
+        print(f"{label:<40}{row['exec_per_s']:>16.1f}{row['cpu_ms_per_exec']:>21.2f}"
+              f"{full - row['cpu_ms_per_exec']:>16.2f}")
+    print(f"layers on: {json.dumps(sandbox['layers'])}")
     print(f"speed-up: {result['speedup']:.1f}x wall clock, {result['cpu_speedup']:.1f}x CPU per execution; "
           f"pool start-up {sandbox['startup_s']:.2f}s (not timed)")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,13 @@
 
     python benchmarks/bench_dedup.py            # 100K/200K/400K/800K rows, 2 workers
     python benchmarks/bench_dedup.py --quick    # 20K/40K rows
+    python benchmarks/bench_dedup.py --short-only   # only the short-document edit-level table
+
+Short documents (issue 16): GSM8K train problems + solutions of 100-200 words with planted
+copies whose words are 5/10/20/30% substituted (and exact/case copies); precision and recall
+per edit level for the previous defaults (word unigrams at 0.7, the baseline) and the
+current ones, in the same run. Every size of the scale run is also timed with the previous
+defaults (``--no-baseline`` skips that), so the throughput ratio comes from one run.
 
 The corpus is synthetic but R1-shaped (prompt + ``<think>`` reasoning of ~4k characters
 + a boxed answer; Zipf-distributed vocabulary, R1 boilerplate sentences, 4 responses per
@@ -52,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from factory.dedup import dedup_decontaminate_file  # noqa: E402
 from factory.paths import BENCHMARKS_DIR, PROMPTS_DIR  # noqa: E402
 from verifiers.decontam import BenchmarkIndex  # noqa: E402
-from verifiers.dedup import DedupParams, Deduplicator, sketch_batch  # noqa: E402
+from verifiers.dedup import DedupItem, DedupParams, Deduplicator, deduplicate, sketch_batch  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "dedup.json"
 CACHE = Path(tempfile.gettempdir()) / "factory_bench_dedup"
@@ -354,14 +361,14 @@ def baseline(shards: list[Path], n_docs: int, ngram: int) -> dict[str, float]:
             "datasketch_800k_2cores_min": 800_000 / (n_docs / loop) / 2 / 60}
 
 
-def run_one(n_rows: int, workers: int, out_dir: Path) -> dict[str, Any]:
+def run_one(n_rows: int, workers: int, out_dir: Path, params: dict[str, Any] | None = None) -> dict[str, Any]:
     """(child process) The measured pipeline: exact + MinHash/LSH + decontam over n_rows."""
     shards = ensure_corpus(n_rows)
     cpu0 = _cpu_seconds()
     t0 = time.perf_counter()
     report = dedup_decontaminate_file(shards, out_path=out_dir / f"verdicts_{n_rows}.parquet",
                                       field=["prompt", "response"], decontam_fields=["prompt", "response"],
-                                      prefer="passed", workers=workers)
+                                      prefer="passed", workers=workers, **(params or {}))
     wall = time.perf_counter() - t0
     cpu = _cpu_seconds() - cpu0   # workers have exited and been reaped: their time is in RUSAGE_CHILDREN
     verdicts = pq.read_table(out_dir / f"verdicts_{n_rows}.parquet", columns=["id", "cluster_id"])
@@ -377,11 +384,11 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def measure(n_rows: int, workers: int, out_dir: Path) -> dict[str, Any]:
+def measure(n_rows: int, workers: int, out_dir: Path, params: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run one size in a fresh subprocess; sample the whole process tree's RSS."""
     result_path = out_dir / f"one_{n_rows}.json"
     proc = subprocess.Popen([sys.executable, __file__, "--one", str(n_rows), "--workers", str(workers),
-                             "--out-dir", str(out_dir)])
+                             "--out-dir", str(out_dir), "--params", json.dumps(params or {})])
     peak = 0
     ps = psutil.Process(proc.pid)
     stop = threading.Event()
@@ -407,6 +414,106 @@ def measure(n_rows: int, workers: int, out_dir: Path) -> dict[str, Any]:
     return result
 
 
+# ------------------------------------------------------------------ short documents
+
+SHORT_EDIT_LEVELS = (5, 10, 20, 30)
+GSM8K_TRAIN = Path("/work/shared/data/gsm8k_train.jsonl")
+
+
+def short_corpus(n_docs: int, copies_per_level: int, seed: int = 11) -> tuple[list[str], list[str], list[int], list[str]]:
+    """GSM8K problems + solutions of 100-200 words, plus planted copies with a share of their
+    words substituted by other GSM8K words (5/10/20/30%) and exact/case copies.
+
+    Returns (ids, texts, family, kind); kind is "original", "exact", "case" or "subNN".
+    """
+    path = GSM8K_TRAIN if GSM8K_TRAIN.is_file() else PROMPTS_DIR / "gsm8k_train_300.jsonl"
+    docs = []
+    with path.open() as fh:
+        for line in fh:
+            row = json.loads(line)
+            text = f"{row['problem']}\n{row.get('solution') or ''}".strip()
+            if 100 <= len(text.split()) <= 200:
+                docs.append(text)
+    rng = random.Random(seed)
+    rng.shuffle(docs)
+    docs = docs[:n_docs]
+    vocab = sorted({word for doc in docs for word in doc.split()})
+    ids, texts, family, kind = [], [], [], []
+    for i, doc in enumerate(docs):
+        ids.append(f"d{i}"), texts.append(doc), family.append(i), kind.append("original")
+    sources = rng.sample(range(len(docs)), min(len(docs), copies_per_level * (len(SHORT_EDIT_LEVELS) + 2)))
+    plan = [f"sub{level:02d}" for level in SHORT_EDIT_LEVELS] + ["exact", "case"]
+    for k, src in enumerate(sources):
+        what = plan[k % len(plan)]
+        words = docs[src].split(" ")
+        if what == "exact":
+            copy = docs[src]
+        elif what == "case":
+            copy = "  ".join(w.upper() if rng.random() < 0.3 else w for w in words)
+        else:
+            rate = int(what[3:]) / 100
+            for j in rng.sample(range(len(words)), max(1, round(rate * len(words)))):
+                words[j] = rng.choice(vocab)
+            copy = " ".join(words)
+        ids.append(f"c{k}"), texts.append(copy), family.append(src), kind.append(what)
+    return ids, texts, family, kind
+
+
+def short_doc_quality(n_docs: int, copies_per_level: int, settings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Precision and per-edit-level recall of ``deduplicate`` on short GSM8K documents."""
+    ids, texts, family, kind = short_corpus(n_docs, copies_per_level)
+    items = [DedupItem(i, t) for i, t in zip(ids, texts)]
+    out = []
+    for setting in settings:
+        started = time.perf_counter()
+        verdicts = deduplicate(items, workers=1, **setting)
+        seconds = time.perf_counter() - started
+        cluster = [v.cluster_id for v in verdicts]
+        members: dict[str, list[int]] = defaultdict(list)
+        for i, c in enumerate(cluster):
+            members[c].append(i)
+        same = total = 0
+        for group in members.values():
+            for a in range(len(group)):
+                for b in range(a + 1, len(group)):
+                    total += 1
+                    same += family[group[a]] == family[group[b]]
+        original = {f: i for i, (f, k) in enumerate(zip(family, kind)) if k == "original"}
+        found, count = Counter(), Counter()
+        for i, (f, k) in enumerate(zip(family, kind)):
+            if k != "original":
+                count[k] += 1
+                found[k] += cluster[i] == cluster[original[f]]
+        row = {"setting": setting or "defaults", "docs": len(texts), "precision": same / total if total else 1.0,
+               "pairs": total, "recall": {k: found[k] / count[k] for k in sorted(count)}, "seconds": seconds}
+        out.append(row)
+        print(f"  {str(setting or 'defaults'):<46} P={row['precision']:.3f} ({total} pairs)  "
+              + " ".join(f"{k}={v:.2f}" for k, v in row["recall"].items()), flush=True)
+    return out
+
+
+# The defaults before issue 16 (word unigrams at 0.7): the baseline row of the short table.
+PREVIOUS_DEFAULTS = {"ngram": 1, "threshold": 0.7}
+
+
+def short_table(quick: bool) -> dict[str, Any]:
+    """Edit-level recall and precision on short GSM8K documents, previous vs current defaults."""
+    n_docs, copies = (2_000, 60) if quick else (6_000, 200)
+    print(f"short documents: {n_docs} GSM8K problems + solutions of 100-200 words, {copies} planted copies "
+          "per edit level (words substituted by other GSM8K words):", flush=True)
+    rows = short_doc_quality(n_docs, copies, [PREVIOUS_DEFAULTS, {}, {"shingle": "char", "threshold": 0.3},
+                                              {"ngram": 3, "threshold": 0.2}])
+    print("\n| setting | precision | exact | case | 5% | 10% | 20% | 30% | seconds |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        name = "previous defaults (unigram, 0.7)" if row["setting"] == PREVIOUS_DEFAULTS else (
+            "defaults (bigram, 0.3, short-text bar)" if row["setting"] == "defaults" else str(row["setting"]))
+        r = row["recall"]
+        print(f"| {name} | {row['precision']:.3f} | {r['exact']:.2f} | {r['case']:.2f} | {r['sub05']:.2f} | "
+              f"{r['sub10']:.2f} | {r['sub20']:.2f} | {r['sub30']:.2f} | {row['seconds']:.1f} |")
+    return {"docs": n_docs, "copies_per_level": copies, "rows": rows}
+
+
 # ------------------------------------------------------------------ main
 
 def main() -> None:
@@ -414,19 +521,30 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="20K/40K rows, small grid")
     ap.add_argument("--sizes", type=int, nargs="*", help="row counts to time (multiples of 10,000)")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--short-only", action="store_true", help="only the short-document edit-level table")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--params", default="{}", help=argparse.SUPPRESS)
+    ap.add_argument("--no-baseline", action="store_true", help="skip timing the previous defaults at each size")
     ap.add_argument("--out-dir", type=Path, default=CACHE / "out", help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     if args.one:
-        result = run_one(args.one, args.workers, args.out_dir)
+        result = run_one(args.one, args.workers, args.out_dir, json.loads(args.params))
         (args.out_dir / f"one_{args.one}.json").write_text(json.dumps(result))
+        return
+
+    out_short = short_table(args.quick)
+    if args.short_only:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        RESULTS.write_text(json.dumps({**previous, "short_docs": out_short}, indent=2))
+        print(f"\nwrote {RESULTS}")
         return
 
     sizes = args.sizes or ([20_000, 40_000] if args.quick else [100_000, 200_000, 400_000, 800_000])
     shards = ensure_corpus(max(sizes))
     defaults = DedupParams()
-    out: dict[str, Any] = {"sizes": sizes, "workers": args.workers, "cpu_count": os.cpu_count(),
+    out: dict[str, Any] = {"short_docs": out_short, "sizes": sizes, "workers": args.workers, "cpu_count": os.cpu_count(),
                            "defaults": {"ngram": defaults.shingle_size, "threshold": defaults.threshold,
                                         "num_perm": defaults.num_perm}}
 
@@ -448,7 +566,15 @@ def main() -> None:
           f"datasketch over 800K on 2 cores ≈ {b['datasketch_800k_2cores_min']:.1f} min", flush=True)
 
     out["runs"] = []
+    out["baseline_runs"] = []
     for n_rows in sizes:
+        if not args.no_baseline:
+            previous = measure(n_rows, args.workers, args.out_dir, PREVIOUS_DEFAULTS)
+            out["baseline_runs"].append(previous)
+            pm = previous["metrics"]
+            print(f"{n_rows:>8,} rows, previous defaults: {previous['wall_s']:7.1f}s (CPU {previous['cpu_s']:.0f}s)  "
+                  f"{n_rows / previous['wall_s']:7.0f} rows/s  P={pm['precision']:.3f} nearR={pm['near_recall']:.3f}",
+                  flush=True)
         result = measure(n_rows, args.workers, args.out_dir)
         out["runs"].append(result)
         m = result["metrics"]
@@ -466,6 +592,11 @@ def main() -> None:
               f"{r['metrics']['precision']:.3f} | {r['metrics']['near_recall']:.3f} | "
               f"{dropped.get('exact', 0):,}/{dropped.get('near', 0):,} | "
               f"{sum(rep['decontam']['contaminated'].values()):,} |")
+    for previous, current in zip(out["baseline_runs"], out["runs"]):
+        print(f"{current['rows']:,} rows: current defaults at {previous['wall_s'] / current['wall_s']:.2f}x the "
+              f"throughput of the previous defaults by wall time, {previous['cpu_s'] / current['cpu_s']:.2f}x by CPU "
+              f"time (same run); near recall {previous['metrics']['near_recall']:.3f}"
+              f" -> {current['metrics']['near_recall']:.3f}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=2))
     print(f"\nwrote {RESULTS}")

@@ -13,6 +13,13 @@ Two sets, both built here from the reference answers of MATH-500 and GSM8K
 * long CoT: ~4k-character ``<think>`` responses (the problem's solution padded
   with other solutions' reasoning, their boxes removed) ending in
   ``\\boxed{variant}``, for throughput.
+* real_like: the gold answer and one perturbation stated the way other models'
+  outputs state them (``A: 18``, ``Final answer: **18**``, Minerva's "The final
+  answer is $x$. I hope it is correct.", ``\\(..\\)``/``$$..$$`` blocks, prose,
+  several boxes, ``(x, y) = (..)``, decimal commas) after the problem's own
+  solution text with its boxes removed; see ``build_real_like``.
+
+verifiers.math runs with ``policy="strict"`` (the default) and ``"lenient"``.
 
 For each verifier: agreement with the labels, false positives, false
 negatives (an undecided ``None`` counts as "not correct") and verifications per
@@ -287,11 +294,70 @@ def build_long_cot(cases: list[Case], golds: list[tuple[str, str, str]], count: 
     return out
 
 
+# -- real-output-like responses ---------------------------------------------
+#
+# How models other than ours state a final answer (seen in public R1/Qwen/Llama/Minerva
+# outputs): answer lines, markdown, display math, prose, several boxes, equations, decimal
+# commas. Each form wraps a matching variant (label True) or a perturbed one (label False)
+# after ~1k characters of the problem's own solution with its boxes removed, so that the
+# reasoning holds distractor numbers.
+
+def _answer_forms(answer: str, gold: str) -> list[tuple[str, str]]:
+    """(final part of a response, form) stating ``answer`` the way real outputs do."""
+    forms = [
+        (f"A: {answer}", "answer_line_A"),
+        (f"**Final Answer:** {answer}", "final_answer_bold_label"),
+        (f"Final answer: **{answer}**", "final_answer_bold_value"),
+        (f"The final answer is ${answer}$. I hope it is correct.", "minerva"),
+        (f"**Answer:** \\({answer}\\)", "answer_paren_math"),
+        (f"Therefore, the answer is:\n\\[\n\\boxed{{{answer}}}\n\\]", "display_boxed"),
+        (f"### Final Answer\n$$\n{answer}\n$$", "heading_display"),
+    ]
+    if _INT.fullmatch(answer) or re.fullmatch(r"-?\d+\.\d+", answer):
+        forms.append((f"Therefore, the total comes to {answer}.", "prose_last_number"))
+        forms.append((f"So she has {answer} apples left.", "prose_units"))
+    if re.fullmatch(r"-?\d+\.\d{1,2}", answer):
+        forms.append((f"\\boxed{{{answer.replace('.', ',')}}}", "decimal_comma"))
+    items = _split_items(answer) if _top_level_commas(answer) and answer[:1] not in "([\\" else []
+    if len(items) >= 2:
+        forms.append((" and ".join(f"$\\boxed{{{item.strip()}}}$" for item in items), "several_boxes"))
+    if answer.startswith("(") and answer.endswith(")") and _top_level_commas(answer[1:-1]) and "infty" not in gold:
+        names = ", ".join("xyzwuv"[: len(_split_items(answer[1:-1]))])
+        forms.append((f"\\boxed{{({names}) = {answer}}}", "tuple_equation"))
+    return forms
+
+
+def _unboxed(text: str) -> str:
+    """``text`` with every ``\\boxed{...}`` replaced by its content (nested braces allowed)."""
+    while (start := text.find("\\boxed{")) >= 0:
+        depth, index = 0, start + len("\\boxed")
+        for index in range(index, len(text)):
+            depth += text[index] == "{"
+            depth -= text[index] == "}"
+            if depth == 0:
+                break
+        text = text[:start] + text[start + len("\\boxed{") : index] + text[index + 1 :]
+    return text
+
+
+def build_real_like(golds: list[tuple[str, str, str]], seed: int) -> list[Case]:
+    rng = random.Random(seed)
+    words = sorted({m.group(1) for _, gold, _ in golds if (m := _TEXT.fullmatch(gold)) and not _CHOICE.fullmatch(gold)})
+    cases = []
+    for source, gold, solution in golds:
+        reasoning = _unboxed(solution)[-1000:].replace("####", "")
+        bad = [variant for variant, _ in perturbations(gold, words)]
+        for answer, label in [(gold, True)] + ([(rng.choice(bad), False)] if bad else []):
+            for ending, form in _answer_forms(answer, gold):
+                cases.append(Case(gold, f"{reasoning}\n\n{ending}", label, form, source))
+    return cases
+
+
 # -- running ----------------------------------------------------------------
 
-def run_ours(cases: list[Case]) -> tuple[list[bool | None], float]:
+def run_ours(cases: list[Case], policy: str = "strict") -> tuple[list[bool | None], float]:
     started = time.perf_counter()
-    results = [verify(case.gold, case.response).correct for case in cases]
+    results = [verify(case.gold, case.response, policy=policy).correct for case in cases]
     return results, time.perf_counter() - started
 
 
@@ -355,16 +421,23 @@ def main() -> None:
     long_cases = build_long_cot(cases, golds, 300 if args.quick else args.long, args.seed)
     report: dict = {"sets": {}, "disagreements": {}}
     rows = []
-    for set_name, set_cases in (("variants", cases), ("long_cot", long_cases)):
+    real_cases = build_real_like(golds, args.seed)
+    for set_name, set_cases in (("variants", cases), ("long_cot", long_cases), ("real_like", real_cases)):
         _read_gold.cache_clear()
         ours, ours_s = run_ours(set_cases)
+        _read_gold.cache_clear()
+        lenient, lenient_s = run_ours(set_cases, "lenient")
         theirs, theirs_s = run_math_verify(set_cases)
         ours_score, theirs_score = score(set_cases, ours, ours_s), score(set_cases, theirs, theirs_s)
-        report["sets"][set_name] = {"verifiers.math": ours_score, "math-verify": theirs_score,
+        lenient_score = score(set_cases, lenient, lenient_s)
+        report["sets"][set_name] = {"verifiers.math": ours_score, "verifiers.math (lenient)": lenient_score,
+                                    "math-verify": theirs_score,
                                     "speedup": ours_score["per_s"] / theirs_score["per_s"]}
         report["disagreements"][set_name] = {"verifiers.math": disagreements(set_cases, ours),
+                                             "verifiers.math (lenient)": disagreements(set_cases, lenient),
                                              "math-verify": disagreements(set_cases, theirs)}
-        for name, result in (("verifiers.math", ours_score), ("math-verify", theirs_score)):
+        for name, result in (("verifiers.math", ours_score), ("verifiers.math (lenient)", lenient_score),
+                             ("math-verify", theirs_score)):
             rows.append((set_name, name, result))
         if set_name == "long_cot":
             started = time.perf_counter()
@@ -382,7 +455,7 @@ def main() -> None:
         print(f"{set_name}: verifiers.math is {entry['speedup']:.1f}x math-verify (one core, same run)")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     report["config"] = {"quick": args.quick, "golds": len(golds), "seed": args.seed,
-                        "cases_by_kind": _count_kinds(cases)}
+                        "cases_by_kind": _count_kinds(cases), "real_like_by_form": _count_kinds(real_cases)}
     RESULTS.write_text(json.dumps(report, indent=2))
     print(f"wrote {RESULTS.relative_to(ROOT)}")
 

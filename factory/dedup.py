@@ -59,16 +59,18 @@ def _check_input(path: Path) -> None:
         raise FactoryError(f"{path}: no such file")
     if path.suffix not in (".parquet", ".jsonl"):
         raise FactoryError(f"{path}: expected a .parquet or .jsonl file, got {path.suffix or 'no suffix'!r}")
+    if path.suffix == ".parquet":
+        from factory.sources import open_parquet
+
+        open_parquet(path)  # not Parquet: one line now, not a traceback from a worker later
 
 
 def _columns(path: Path) -> list[str]:
     if path.suffix == ".parquet":
         return list(pq.ParquetFile(path).schema_arrow.names)
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                return list(json.loads(line))
-    return []
+    from factory.sources import read_jsonl
+
+    return list(next(iter(read_jsonl(path, 1)), {}))
 
 
 def read_batches(path: Path, columns: Sequence[str], batch_rows: int = BATCH_ROWS) -> Iterator[dict[str, list]]:

@@ -19,9 +19,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from factory.errors import FactoryError
+from factory.errors import FactoryError, UsageError
 from factory.models import R1_SYSTEM_PROMPT
 from factory.paths import BENCHMARKS_DIR, factory_home
+from verifiers.scoring import DEFAULT_CODE_TIMEOUT_S, Score, read_tests, score_code_batch, score_math_batch
 
 log = logging.getLogger(__name__)
 
@@ -71,20 +72,18 @@ def load_bench(bench: str, limit: int | None = None) -> tuple[str, BenchSpec, li
             raise FactoryError(f"--bench '{bench}': expected one of {', '.join(BENCHES)} or a .jsonl file of math problems")
         spec, name = BenchSpec(str(path), "math"), path.stem
     if limit is not None and limit < 1:
-        raise ValueError(f"limit: expected an integer >= 1, got {limit}")
+        raise UsageError(f"--limit: expected a number of problems >= 1, got {limit}")
+    from factory.sources import read_jsonl
+
     problems = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            missing = [f for f in (spec.problem_field, spec.answer_field) if f and f not in row]
-            if missing:
-                raise FactoryError(f"{path}:{number}: missing field(s) {', '.join(missing)}")
-            gold = str(row[spec.answer_field]) if spec.answer_field else None
-            problems.append(Problem(str(row.get(spec.id_field, number)), row[spec.problem_field], gold, row))
-            if limit is not None and len(problems) >= limit:
-                break
+    for number, row in enumerate(read_jsonl(path), 1):
+        missing = [f for f in (spec.problem_field, spec.answer_field) if f and f not in row]
+        if missing:
+            raise FactoryError(f"{path}:{number}: missing field(s) {', '.join(missing)}")
+        gold = str(row[spec.answer_field]) if spec.answer_field else None
+        problems.append(Problem(str(row.get(spec.id_field, number)), row[spec.problem_field], gold, row))
+        if limit is not None and len(problems) >= limit:
+            break
     if not problems:
         raise FactoryError(f"--bench '{bench}': no problems in {path}")
     return name, spec, problems
@@ -122,39 +121,23 @@ def reported_ks(k: int) -> list[int]:
 
 
 # ---------------------------------------------------------------- scoring
-@dataclass(frozen=True)
-class Score:
-    correct: bool
-    status: str  # math: the verifier's reason code; code: the sandbox status
-    extracted: str | None
+# One scoring path (verifiers.scoring): the filter and `factory verify` call the
+# same functions, so a sample gets the same verdict here as there.
 
 
-def score_math(golds: list[str], responses: list[str]) -> list[Score]:
-    """verifiers.math in worker processes (a hard timeout per item); undecided counts as wrong."""
-    from verifiers.math import verify_batch
-
-    verdicts = verify_batch(list(zip(golds, responses)))
-    return [Score(v.correct is True, (v.reason or "").split(":", 1)[0] or ("correct" if v.correct else "wrong"), v.extracted) for v in verdicts]
+def score_math(golds: list[str], responses: list[str], *, policy: str = "strict") -> list[Score]:
+    """verifiers.scoring in worker processes (a hard timeout per item); undecided counts as wrong."""
+    return score_math_batch(responses, golds, policy=policy)
 
 
-def score_code(rows: list[dict[str, Any]], responses: list[str], *, timeout_s: float = 10.0) -> list[Score]:
-    """The last ```python block of each response, run against the problem's tests in the sandbox."""
-    from verifiers.code import CodeTests, SandboxUnavailable, extract_code, run_batch
+def score_code(rows: list[dict[str, Any]], responses: list[str], *, timeout_s: float = DEFAULT_CODE_TIMEOUT_S) -> list[Score]:
+    """Each response's program (see verifiers.scoring.find_program) run against the problem's tests in the sandbox."""
+    from verifiers.code import SandboxUnavailable
 
-    programs = [extract_code(r) for r in responses]
-    items = [(p, CodeTests.from_dict(row)) for p, row in zip(programs, rows) if p is not None]
     try:
-        verdicts = iter(run_batch(items, timeout_s=timeout_s)) if items else iter(())
+        return score_code_batch(responses, [read_tests(row) for row in rows], timeout_s=timeout_s)
     except SandboxUnavailable as exc:
         raise FactoryError(f"--bench humaneval: the code sandbox is unavailable here ({exc})") from None
-    scores = []
-    for program in programs:
-        if program is None:
-            scores.append(Score(False, "no_code", None))
-        else:
-            verdict = next(verdicts)
-            scores.append(Score(verdict.passed, verdict.status, program))
-    return scores
 
 
 # ---------------------------------------------------------------- report
@@ -225,9 +208,9 @@ def run_eval(
 ) -> EvalReport:
     """Evaluate `model` (and `baseline`, if given) on `bench`; results are also written to the store."""
     if k < 1:
-        raise ValueError(f"k: expected an integer >= 1, got {k}")
+        raise UsageError(f"-k: expected samples per problem >= 1, got {k}")
     if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens: expected an integer >= 1, got {max_new_tokens}")
+        raise UsageError(f"--max-new-tokens: expected an integer >= 1, got {max_new_tokens}")
     bench_name, spec, problems = load_bench(bench, limit)
     settings = {"k": k, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens, "limit": limit, "seed": seed, "backend": backend}
     report = _evaluate_one(model, bench_name, spec, problems, settings, batch_size, output_name)
@@ -291,7 +274,7 @@ def _evaluate_one(model: str, bench: str, spec: BenchSpec, problems: list[Proble
         samples=len(completions),
         pass_at_1=sum(r["pass_at_1"] for r in rows) / len(rows),
         pass_at_k={str(kk): sum(pass_at_k(k, r["n_correct"], kk) for r in rows) / len(rows) for kk in ks},
-        unscored=sum(1 for s in scores if not s.correct and s.status in _UNSCORED),
+        unscored=sum(1 for s in scores if s.correct is not True and s.status in _UNSCORED),
         truncated=sum(1 for c in completions if c.finish_reason == "length"),
         mean_completion_tokens=sum(c.completion_tokens for c in completions) / len(completions),
         seconds=seconds,
@@ -305,7 +288,8 @@ def _evaluate_one(model: str, bench: str, spec: BenchSpec, problems: list[Proble
     return report
 
 
-_UNSCORED = {"no_answer", "unparsable", "unparsable_gold", "too_complex", "undecided", "timeout", "worker_error", "no_code"}
+_UNSCORED = {"no_answer", "unparsable", "unparsable_gold", "too_complex", "undecided", "timeout", "worker_error", "no_code",
+             "error"}
 
 
 def _result_rows(name, model, bench, problems, completions, scores, settings) -> list[dict[str, Any]]:
@@ -315,7 +299,7 @@ def _result_rows(name, model, bench, problems, completions, scores, settings) ->
     for i, problem in enumerate(problems):
         mine = completions[i * k : (i + 1) * k]
         marks = scores[i * k : (i + 1) * k]
-        n_correct = sum(s.correct for s in marks)
+        n_correct = sum(s.correct is True for s in marks)
         rows.append(
             {
                 "model": name,
@@ -328,8 +312,9 @@ def _result_rows(name, model, bench, problems, completions, scores, settings) ->
                 "n_correct": n_correct,
                 "pass_at_1": n_correct / k,
                 "pass_at_k": pass_at_k(k, n_correct, k),
-                "correct": [s.correct for s in marks],
+                "correct": [s.correct is True for s in marks],
                 "status": [s.status for s in marks],
+                "rule": [s.rule for s in marks],
                 "extracted": [s.extracted if s.extracted is None else s.extracted[:2000] for s in marks],
                 "responses": [c.text for c in mine],
                 "finish_reasons": [c.finish_reason for c in mine],

@@ -189,7 +189,7 @@ class CorrectnessStep(FilterStep):
 
     @classmethod
     def validate(cls, params: dict[str, Any]) -> None:
-        known = ("timeout_s", "code_timeout_s", "memory_mb", "workers", "unsafe_no_sandbox")
+        known = ("timeout_s", "code_timeout_s", "memory_mb", "workers", "unsafe_no_sandbox", "policy")
         unknown = set(params) - set(known)
         if unknown:
             raise ValueError(f"{sorted(unknown)[0]}: unknown setting for step 'correctness' (have {', '.join(known)})")
@@ -205,6 +205,8 @@ class CorrectnessStep(FilterStep):
             raise ValueError(f"workers: expected an integer >= 1, got {workers!r}")
         if not isinstance(params.get("unsafe_no_sandbox", False), bool):
             raise ValueError(f"unsafe_no_sandbox: expected true or false, got {params['unsafe_no_sandbox']!r}")
+        if params.get("policy", "strict") not in ("strict", "lenient"):
+            raise ValueError(f"policy: expected 'strict' or 'lenient', got {params['policy']!r}")
 
     def evaluate(self, rows: list[Row]) -> list[StepVerdict]:
         verdicts: list[StepVerdict | None] = [None] * len(rows)
@@ -219,49 +221,46 @@ class CorrectnessStep(FilterStep):
         return [v or StepVerdict(None, "unverifiable", f"unverifiable: no rule verifier for task type '{rows[i]['task_type']}' "
                                  "or no reference") for i, v in enumerate(verdicts)]
 
+    # Scoring is verifiers.scoring's, shared with `factory eval` and `factory verify`:
+    # the full assistant turn goes in, the same verdict comes out everywhere.
     def _verify_math(self, rows: list[Row]) -> list[StepVerdict]:
-        from verifiers.math import verify_batch
+        from verifiers.scoring import DEFAULT_MATH_TIMEOUT_S, score_math_batch
 
-        kwargs = {"workers": self.params.get("workers")}
-        if "timeout_s" in self.params:
-            kwargs["timeout_s"] = self.params["timeout_s"]
-        results = verify_batch([(r["reference"], r["answer"] or r["text"] or "") for r in rows], **kwargs)
+        scores = score_math_batch([r["text"] or r["answer"] or "" for r in rows], [r["reference"] for r in rows],
+                                  policy=self.params.get("policy", "strict"), workers=self.params.get("workers"),
+                                  timeout_s=self.params.get("timeout_s", DEFAULT_MATH_TIMEOUT_S))
         out = []
-        for result in results:
-            if result.correct is None:
-                out.append(StepVerdict(None, "unverifiable", f"unverifiable: {result.reason}", detail={"extracted": result.extracted}))
-            elif result.correct:
-                out.append(StepVerdict(True, None, None, 1.0, {"extracted": result.extracted}))
+        for score in scores:
+            detail = {"extracted": score.extracted, "rule": score.rule}
+            if score.correct is None:
+                out.append(StepVerdict(None, "unverifiable", f"unverifiable: {score.reason}", detail=detail))
+            elif score.correct:
+                out.append(StepVerdict(True, None, None, 1.0, detail))
             else:
-                out.append(StepVerdict(False, "wrong_answer", f"wrong_answer: got {result.extracted!r}", 0.0, {"extracted": result.extracted}))
+                out.append(StepVerdict(False, "wrong_answer", f"wrong_answer: got {score.extracted!r}", 0.0, detail))
         return out
 
     def _verify_code(self, rows: list[Row]) -> list[StepVerdict]:
-        from verifiers.code import CodeTests, SandboxUnavailable, extract_code, run_batch
+        from verifiers.code import SandboxUnavailable
+        from verifiers.scoring import DEFAULT_CODE_MEMORY_MB, DEFAULT_CODE_TIMEOUT_S, score_code_batch
 
-        items, out_index, out = [], [], [None] * len(rows)
-        for i, r in enumerate(rows):
-            program = extract_code(r["answer"] or r["text"] or "")
-            if not program:
-                out[i] = StepVerdict(False, "no_code", "no_code: no fenced python block in the answer")
-                continue
-            items.append((program, CodeTests.from_dict(json.loads(r["tests"]))))
-            out_index.append(i)
-        if items:
-            try:
-                results = run_batch(items, workers=self.params.get("workers"),
-                                    timeout_s=self.params.get("code_timeout_s", 5.0),
-                                    memory_mb=self.params.get("memory_mb", 512),
-                                    unsafe_no_sandbox=self.params.get("unsafe_no_sandbox", False))
-            except SandboxUnavailable as exc:
-                raise FactoryError(f"filter correctness: {str(exc).splitlines()[0]} (recipe: "
-                                   f"`unsafe_no_sandbox: true` on the correctness step)") from None
-            for i, result in zip(out_index, results):
-                score = result.passed_cases / result.total_cases if result.total_cases else 0.0
-                code = None if result.passed else f"code_{result.status}"
-                reason = None if result.passed else f"code_{result.status}: {result.passed_cases}/{result.total_cases} cases; {(result.detail or '')[:200]}"
-                out[i] = StepVerdict(result.passed, code, reason, score)
-        return out  # type: ignore[return-value]
+        try:
+            scores = score_code_batch([r["text"] or r["answer"] or "" for r in rows], [r["tests"] for r in rows],
+                                      workers=self.params.get("workers"),
+                                      timeout_s=self.params.get("code_timeout_s", DEFAULT_CODE_TIMEOUT_S),
+                                      memory_mb=self.params.get("memory_mb", DEFAULT_CODE_MEMORY_MB),
+                                      unsafe_no_sandbox=self.params.get("unsafe_no_sandbox", False))
+        except SandboxUnavailable as exc:
+            raise FactoryError(f"filter correctness: {str(exc).splitlines()[0]} (recipe: "
+                               f"`unsafe_no_sandbox: true` on the correctness step)") from None
+        return [StepVerdict(True, None, None, 1.0, {"rule": s.rule}) if s.correct
+                else StepVerdict(False, _code_failure(s.status),
+                                 f"{_code_failure(s.status)}: {s.reason.split(': ', 1)[-1]}"[:300], s.score, {"rule": s.rule})
+                for s in scores]
+
+
+def _code_failure(status: str) -> str:
+    return status if status == "no_code" else f"code_{status}"
 
 
 class JudgeStep(FilterStep):
@@ -498,6 +497,11 @@ def run_filter(
 ) -> FilterReport:
     """Apply a run's filter steps (or those of `recipe`), then per-prompt selection. Resumable, idempotent."""
     store = open_run(run)
+    with store.lock("filter"):
+        return _filter_run(store, recipe=recipe, only=only, recompute=recompute, progress=progress)
+
+
+def _filter_run(store: RunStore, *, recipe: str | None, only: Sequence[str] | None, recompute: bool, progress: bool) -> FilterReport:
     manifest = store.read_manifest()
     config = _filter_config(manifest, recipe)
     steps = build_steps(config.filters)
@@ -547,6 +551,8 @@ def _candidates(rows: list[Row], before: list[FilterStep], state: dict[str, dict
         unverified = False
         for prev in before:
             verdict = state[prev.name].get(sid)
+            if verdict is None and _judge_not_asked(prev, sid, state):
+                continue  # a rule verified it: later steps take it as the judge would have
             if verdict is None or verdict.passed is False:
                 ok = False
                 break
@@ -566,11 +572,19 @@ def _candidates(rows: list[Row], before: list[FilterStep], state: dict[str, dict
     return out
 
 
+def _judge_not_asked(step: FilterStep, sample_id: str, state: dict[str, dict[str, StepVerdict]]) -> bool:
+    """The judge (applies_to: unverified) is not asked about a sample the correctness step verified."""
+    if step.name != "judge" or step.params.get("applies_to", "unverified") != "unverified":
+        return False
+    verified = state.get("correctness", {}).get(sample_id)
+    return verified is not None and verified.passed is True
+
+
 def _accepted(sample_id: str, steps: list[FilterStep], state: dict[str, dict[str, StepVerdict]]) -> bool:
     names = [s.name for s in steps]
     for step in steps:
         verdict = state[step.name].get(sample_id)
-        if step.name == "judge" and verdict is None:
+        if verdict is None and _judge_not_asked(step, sample_id, state):
             continue  # not asked: a rule verified it
         if verdict is None or verdict.passed is False:
             return False

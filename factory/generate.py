@@ -10,6 +10,7 @@ crash loses at most the requests in flight.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import platform
 import time
@@ -84,33 +85,39 @@ def run_generate(
         raise RecipeError(f"{recipe_name}: kind '{recipe.kind}' is not a generate recipe (use `factory mix` / `factory distill`)")
     recipe_file = find_recipe(recipe_name)
     rhash = recipe_hash(recipe)
-    if recipe.teacher.backend == "replay":
-        from factory.teachers.replay import import_traces
+    with contextlib.ExitStack() as held:
+        # One writer per run: a second `generate` (or `filter`, or an import) on it fails at once.
+        held.enter_context(RunStore.for_dataset(recipe.output.dataset).lock("generate"))
+        if recipe.teacher.backend == "replay":
+            from factory.teachers.replay import import_traces
 
-        # Imports stage their shards and publish them at the end: a failed one leaves no run behind.
-        return import_traces(recipe, recipe_file, rhash, overrides or [], new_run=new_run, force=force, progress=progress)
-    # Everything that can fail on bad input runs before the run directory is touched.
-    check_template(recipe.template)
-    prompts = load_prompts(recipe.sources, recipe_file)
-    owned = teacher is None
-    teacher = teacher or build_teacher(recipe.teacher, recipe_file=recipe_file)
-    try:
-        teacher.check()
-        store, resumed = _open_store(recipe, rhash, recipe_file, overrides or [], new_run=new_run, force=force)
-        engine = _Engine(recipe, rhash, store, prompts, progress=progress)
-        report = engine.run(teacher)
-    finally:
-        if owned:
-            teacher.close()
+            # Imports stage their shards and publish them at the end: a failed one leaves no run behind.
+            return import_traces(recipe, recipe_file, rhash, overrides or [], new_run=new_run, force=force,
+                                 progress=progress, held=held)
+        # Everything that can fail on bad input runs before the run directory is touched.
+        check_template(recipe.template)
+        prompts = load_prompts(recipe.sources, recipe_file)
+        owned = teacher is None
+        teacher = teacher or build_teacher(recipe.teacher, recipe_file=recipe_file)
+        try:
+            teacher.check()
+            store, resumed = _open_store(recipe, rhash, recipe_file, overrides or [], new_run=new_run, force=force, held=held)
+            engine = _Engine(recipe, rhash, store, prompts, progress=progress)
+            report = engine.run(teacher)
+        finally:
+            if owned:
+                teacher.close()
     report.resumed = resumed
     return report
 
 
 # ---------------------------------------------------------------- run directory
 def _open_store(
-    recipe: GenerateRecipe, rhash: str, recipe_file: Path, overrides: list[str], *, new_run: bool, force: bool
+    recipe: GenerateRecipe, rhash: str, recipe_file: Path, overrides: list[str], *, new_run: bool, force: bool,
+    held: contextlib.ExitStack,
 ) -> tuple[RunStore, bool]:
-    store, mode = target_store(recipe, rhash, new_run=new_run, force=force)
+    """The run to write into (the recipe's dataset, or with --new-run the next free name, locked into `held` too)."""
+    store, mode = target_store(recipe, rhash, new_run=new_run, force=force, held=held)
     if mode == "new":
         store.root.mkdir(parents=True, exist_ok=True)
         store.write_manifest(new_manifest(recipe, rhash, recipe_file, overrides, store.name))
@@ -121,15 +128,19 @@ def _open_store(
     return store, True
 
 
-def target_store(recipe: GenerateRecipe, rhash: str, *, new_run: bool, force: bool) -> tuple[RunStore, str]:
-    """The run a recipe writes into and how: "new", "resume" (same samples) or "force". Writes nothing."""
+def target_store(recipe: GenerateRecipe, rhash: str, *, new_run: bool, force: bool,
+                 held: contextlib.ExitStack) -> tuple[RunStore, str]:
+    """The run a recipe writes into and how: "new", "resume" (same samples) or "force". Writes nothing
+    but the lock of a --new-run run, taken into `held`."""
     store = RunStore.for_dataset(recipe.output.dataset)
     if store.exists():
         manifest = store.read_manifest()
         if manifest.get("recipe_hash") == rhash:
             return store, "resume"
         if new_run:
-            return _next_free_run(store), "new"
+            store = _next_free_run(store)
+            held.enter_context(store.lock("generate"))
+            return store, "new"
         if force:
             log.warning("recipe changed (hash %s → %s); --force: appending into run %s", manifest.get("recipe_hash"), rhash, store.name)
             return store, "force"

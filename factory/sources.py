@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 from collections.abc import Iterator
@@ -75,19 +76,25 @@ def _detect_format(path: Path) -> str:
 
 
 def read_jsonl(path: Path, limit: int | None = None) -> Iterator[dict[str, Any]]:
-    """Objects of a JSONL file; a bad line is a one-line error naming file and line."""
+    """Objects of a UTF-8 JSONL file (a BOM is accepted); a bad line is a one-line error naming file and line."""
     count = 0
+    # Bytes in, decoded per line: a bad byte is reported at its line, not somewhere in a decoder's chunk.
     with open(path, "rb") as handle:
-        for line_number, line in enumerate(handle, 1):
-            if line_number == 1 and line.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark
-                line = line[3:]
+        for line_number, raw in enumerate(handle, 1):
+            if line_number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise RecipeError(f"{path}:{line_number}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                                  "expected UTF-8 JSON lines (re-encode the file, e.g. iconv -f latin1 -t utf-8)") from None
             if not line.strip():
                 continue
             try:
                 row = _loads(line)
-            except ValueError as exc:  # JSONDecodeError, and invalid UTF-8
+            except ValueError as exc:  # json's and orjson's JSONDecodeError
                 message = getattr(exc, "msg", None) or str(exc).split(":", 1)[0]
-                raise RecipeError(f"{path}:{line_number}: invalid JSON ({message}); expected one UTF-8 JSON object per line") from None
+                raise RecipeError(f"{path}:{line_number}: invalid JSON ({message}); expected one object per line") from None
             if not isinstance(row, dict):
                 raise RecipeError(f"{path}:{line_number}: expected a JSON object, got {type(row).__name__}")
             yield row
@@ -96,8 +103,8 @@ def read_jsonl(path: Path, limit: int | None = None) -> Iterator[dict[str, Any]]
                 return
 
 
-def _loads(line: bytes) -> Any:
-    return _ORJSON_LOADS(line) if _ORJSON_LOADS is not None else json.loads(line.decode("utf-8"))
+def _loads(line: str) -> Any:
+    return _ORJSON_LOADS(line) if _ORJSON_LOADS is not None else json.loads(line)
 
 
 try:  # orjson parses 2-3x faster; the standard library reads the same files
@@ -106,13 +113,23 @@ except ImportError:  # pragma: no cover - depends on the environment
     _ORJSON_LOADS = None
 
 
-def _read_parquet(path: Path, limit: int | None) -> Iterator[dict[str, Any]]:
+def open_parquet(path: Path) -> Any:
+    """A `pyarrow.parquet.ParquetFile`, or a one-line error when the file is not Parquet."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RecipeError(f"{path}: not a readable Parquet file ({detail}); expected Parquet (or .jsonl for JSON lines)") from None
+
+
+def _read_parquet(path: Path, limit: int | None) -> Iterator[dict[str, Any]]:
     files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
     count = 0
     for file in files:
-        for batch in pq.ParquetFile(file).iter_batches(batch_size=1024):
+        for batch in open_parquet(file).iter_batches(batch_size=1024):
             for row in batch.to_pylist():
                 yield row
                 count += 1

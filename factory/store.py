@@ -15,13 +15,17 @@ between the rename and the manifest update loses nothing.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
+import fcntl
 import hashlib
 import json
 import logging
 import os
+import socket
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,7 @@ import pyarrow.parquet as pq
 
 from factory.errors import StoreError
 from factory.paths import runs_dir
+from factory.text import escape_surrogates_in
 
 log = logging.getLogger(__name__)
 
@@ -121,12 +126,24 @@ def write_parquet_atomically(table: pa.Table, target: Path) -> None:
 def write_json_atomically(data: Any, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
-    with open(tmp, "w") as handle:
-        json.dump(data, handle, indent=2, default=str)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, target)
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, default=str)  # ensure_ascii: a lone surrogate is written as \udxxx
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()  # a full disk leaves the old file and no temp file behind
     _fsync_dir(target.parent)
+
+
+def _to_table(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Rows → Arrow; text with lone surrogates (from a model or a program) is escaped rather than failing the write."""
+    try:
+        return pa.Table.from_pylist(list(rows), schema=schema)
+    except UnicodeEncodeError:
+        return pa.Table.from_pylist([escape_surrogates_in(row) for row in rows], schema=schema)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -177,6 +194,49 @@ class RunStore:
     def exists(self) -> bool:
         return self.manifest_path.exists()
 
+    # ---------------------------------------------------------------- writer lock
+    @property
+    def lock_path(self) -> Path:
+        # Beside the run, not in it: a lock must not make a run directory that holds no run.
+        return self.root.parent / f".{self.name}.lock"
+
+    @contextlib.contextmanager
+    def lock(self, command: str) -> Iterator[None]:
+        """Hold this run's writer lock for the block; a second writer fails at once with one line naming the holder.
+
+        The kernel's flock is the lock, so a holder that dies (kill -9, power
+        cut) releases it with its process: a leftover lock file is stale by
+        construction and simply taken over. The file records host, pid,
+        command and start time so the refusal can say who holds the run. Not
+        re-entrant: take it once, in the stage's entry point.
+        """
+        path = self.lock_path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot create the run's lock file ({exc.strerror or exc}); "
+                             f"FACTORY_HOME must be a writable directory") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StoreError(f"run '{self.name}' is being written by {_describe_holder(_read_holder(fd))}; "
+                                 "wait for it to finish (or stop it) and run this again") from None
+            previous = _read_holder(fd)
+            if previous:
+                log.debug("run '%s': lock left by %s, which is gone; taking it over", self.name, _describe_holder(previous))
+            holder = {"host": socket.gethostname(), "pid": os.getpid(), "command": command, "since": utc_now().isoformat()}
+            _write_holder(fd, holder)
+            try:
+                yield
+            finally:
+                with contextlib.suppress(OSError):
+                    _write_holder(fd, {})
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
     # ---------------------------------------------------------------- manifest
     def read_manifest(self) -> dict[str, Any]:
         try:
@@ -206,7 +266,7 @@ class RunStore:
         """Write one new shard of samples; returns its path (None when `rows` is empty)."""
         if not rows:
             return None
-        table = pa.Table.from_pylist(list(rows), schema=SAMPLE_SCHEMA)
+        table = _to_table(rows, SAMPLE_SCHEMA)
         target = self.samples_dir / _shard_name(self.next_sequence(self.samples_dir))
         write_parquet_atomically(table, target)
         return target
@@ -241,7 +301,7 @@ class RunStore:
     def append_verdicts(self, step: str, rows: Sequence[dict[str, Any]]) -> Path | None:
         if not rows:
             return None
-        table = pa.Table.from_pylist(list(rows), schema=VERDICT_SCHEMA)
+        table = _to_table(rows, VERDICT_SCHEMA)
         directory = self.verdict_dir(step)
         target = directory / _shard_name(self.next_sequence(directory))
         write_parquet_atomically(table, target)
@@ -268,13 +328,48 @@ class RunStore:
 
     # ---------------------------------------------------------------- errors
     def log_errors(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Append failed requests to errors.jsonl; a failed append (disk full) leaves the file as it was."""
         if not rows:
             return
-        with open(self.root / "errors.jsonl", "a") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, default=str) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        text = "".join(json.dumps(row, default=str) + "\n" for row in rows)  # ASCII: surrogates are escaped
+        with open(self.root / "errors.jsonl", "a", encoding="utf-8") as handle:
+            size = handle.tell()
+            try:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            except OSError:
+                handle.truncate(size)  # no half line for a reader to trip on
+                raise
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+    os.lseek(fd, 0, os.SEEK_SET)
+    raw = os.read(fd, 4096)
+    try:
+        holder = json.loads(raw) if raw.strip() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _write_holder(fd: int, holder: dict[str, Any]) -> None:
+    data = json.dumps(holder).encode() if holder else b""
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, data)
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # some filesystems cannot fsync; the holder record is informative only
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+
+
+def _describe_holder(holder: dict[str, Any]) -> str:
+    if not holder.get("pid"):
+        return "another process (it has not recorded itself yet)"
+    return (f"`factory {holder.get('command', '?')}` (pid {holder['pid']} on host {holder.get('host', '?')}, "
+            f"since {str(holder.get('since', '?'))[:19]})")
 
 
 def _read_sample_shard(shard: Path, columns: Sequence[str] | None) -> pa.Table:

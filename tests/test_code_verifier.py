@@ -16,13 +16,12 @@ import pytest
 
 from verifiers.code import (CodeTests, CodeVerdict, SandboxPool, SandboxUnavailable, extract_code, run_batch,
                             run_tests)
-from verifiers.code.pool import DEFAULT_BASE_UID
 
-DATA = Path(__file__).resolve().parents[1] / "factory" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "factory" / "data"
 HUMANEVAL = [json.loads(line) for line in (DATA / "benchmarks" / "humaneval.jsonl").read_text().splitlines()]
 PROMPTS = [json.loads(line) for line in (DATA / "prompts" / "code.jsonl").read_text().splitlines()]
 WORKERS = 2
-SANDBOX_UIDS = range(DEFAULT_BASE_UID, DEFAULT_BASE_UID + 2 * WORKERS)
 
 
 def _sandbox_available() -> bool:
@@ -54,14 +53,15 @@ def pool(secret_store):
         yield p
 
 
-def sandbox_processes(programs_only: bool = True) -> list[psutil.Process]:
+def sandbox_processes(pool: SandboxPool, programs_only: bool = True) -> list[psutil.Process]:
     """Processes under the pool's uids: even offsets run programs (must not
     outlive their job), odd ones the long-lived test servers."""
+    base = pool.config["base_uid"]
     found = []
     for proc in psutil.process_iter(["uids"]):
         uids = proc.info["uids"]
-        if uids is not None and uids.real in SANDBOX_UIDS:
-            if not programs_only or (uids.real - DEFAULT_BASE_UID) % 2 == 0:
+        if uids is not None and base <= uids.real < base + 2 * pool.size:
+            if not programs_only or (uids.real - base) % 2 == 0:
                 found.append(proc)
     return found
 
@@ -184,6 +184,7 @@ def _mixed_items() -> tuple[list, list[str]]:
 def mixed(pool):
     items, expected = _mixed_items()
     verdicts = pool.run_batch(items, timeout_s=5.0)
+    assert not sandbox_processes(pool)
     return items, expected, verdicts
 
 
@@ -213,7 +214,6 @@ def test_mixed_batch_of_a_thousand_gets_the_right_verdicts(mixed):
     wrong = [(i, e, v.status, v.detail) for i, (e, v) in enumerate(zip(expected, verdicts)) if v.status != e]
     assert wrong == []
     assert sum(v.status == "timeout" for v in verdicts) == 12
-    assert not sandbox_processes()
 
 
 # --------------------------------------------------------------------------- formats
@@ -343,7 +343,7 @@ HACKS = {
             return 0
         """),
     "stack and gc snooping": src("""
-        import gc, sys
+        import gc, re, sys
         def f(x):
             for o in gc.get_objects():
                 if isinstance(o, dict) and 'expected' in o:
@@ -399,7 +399,7 @@ def test_wall_clock_timeout_kills_the_whole_process_group(pool):
         """)
     verdict = pool.run_tests(program, asserts(["assert f(1) is None"]), timeout_s=1.0)
     assert verdict.status == "timeout"
-    assert not sandbox_processes()
+    assert not sandbox_processes(pool)
 
 
 @needs_sandbox
@@ -414,7 +414,7 @@ def test_fork_bomb_dies_and_host_lives(pool):
         """)
     verdict = pool.run_tests(program, asserts(["assert f(1) == 1"]), timeout_s=1.5)
     assert verdict.status in ("timeout", "error")
-    assert not sandbox_processes()
+    assert not sandbox_processes(pool)
     assert pool.run_tests("def f(x):\n    return x\n", asserts(["assert f(1) == 1"])).passed
 
 
@@ -492,9 +492,9 @@ def test_unprivileged_and_cannot_read_store_or_home(pool, secret_store):
     tests = asserts([f"assert 0 not in ids()",
                      f"assert read({secret_store + '/secret.txt'!r}) != 'TOP-SECRET'",
                      "assert listing('/root') in (['.pyenv'], 'PermissionError')",
-                     "assert read('/etc/shadow') == 'PermissionError'",
-                     "assert read('/proc/1/environ') == 'PermissionError'",
-                     "assert listing('/run') == []"], entry_point="ids")  # host unix sockets live there
+                     "assert read('/etc/shadow') == 'FileNotFoundError'",
+                     "assert [p for p in listing('/proc') if p.isdigit()] == ['1']",
+                     "assert listing('/run') in ([], 'PermissionError')"], entry_point="ids")  # host sockets
     verdict = pool.run_tests(program, tests)
     assert verdict.passed, verdict
 
@@ -517,17 +517,9 @@ def test_writes_only_inside_its_own_directory_which_is_removed(pool, tmp_path):
         def f(x):
             return attempts, open('mine.txt').read(), os.getcwd()
         """)
-    with SandboxPool(1) as one:
-        worker_pid = one.workers[0].proc.pid
-        verdict = one.run_tests(program, asserts(["assert f(0)[0] == [-1] * 6", "assert f(0)[1] == 'ok'",
-                                                  "assert f(0)[2] == 'unknown'"]))
-        assert verdict.passed_cases == 2 and verdict.status == "failed"
-        # Read the directory name back through a program that reports it in its output.
-        probe = one.run_tests("import os\nprint(os.getcwd())\n", CodeTests.stdio([("", "?")]))
-        run_dir = probe.detail.split("got ")[-1].strip("'")
-        assert run_dir.startswith("/tmp/run-")
-        assert not os.path.exists(f"/proc/{worker_pid}/root{run_dir}")  # removed (seen inside its mounts)
-        assert os.path.isdir(f"/proc/{worker_pid}/root/tmp")
+    verdict = pool.run_tests(program, asserts(["assert f(0)[0] == [-1] * 6", "assert f(0)[1] == 'ok'",
+                                               "assert f(0)[2] == '/tmp/work'", "assert f(0)[2] == 'elsewhere'"]))
+    assert verdict.passed_cases == 3 and verdict.status == "failed", verdict
     assert not target.exists() and not Path("/tmp/pwned").exists() and not Path("/pwned").exists()
 
 
@@ -590,7 +582,7 @@ def test_bad_configuration_raises_value_error():
 def test_pool_recovers_when_its_test_server_is_killed(pool):
     tests = asserts(["assert f(2) == 4"])
     assert pool.run_tests("def f(x):\n    return x * 2\n", tests).passed
-    servers = [p for p in sandbox_processes(programs_only=False) if p.info["uids"].real % 2 != DEFAULT_BASE_UID % 2]
+    servers = [p for p in sandbox_processes(pool, programs_only=False) if p.info["uids"].real % 2 == 1]
     assert servers  # the long-lived test side, under its own uid
     for proc in servers:
         proc.kill()
@@ -634,3 +626,428 @@ def test_pool_survives_a_worker_dying_idle_or_mid_job():
             verdicts = batch.result(timeout=60)
     assert verdicts[0].status == "error" and "worker died" in verdicts[0].detail
     assert verdicts[1].passed
+
+
+# --------------------------------------------------------------------------- issue 18: one test per class
+# Each test is an attack a reward-hacking policy could write; the sandbox must contain it.
+
+def _humaneval(task: int) -> dict:
+    return next(row for row in HUMANEVAL if row["task_id"] == f"HumanEval/{task}")
+
+
+@needs_sandbox
+def test_class1_test_names_come_from_trusted_code_not_the_program(pool):
+    # The tests call helpers the prompt defines: a program redefining them (and a
+    # matching wrong answer) must not pass.
+    forged_helpers = {
+        32: "def poly(xs, x):\n    return 0\ndef find_zero(xs):\n    return 12345.0\n",
+        38: "def encode_cyclic(s):\n    return s\ndef decode_cyclic(s):\n    return s\n",
+        50: "def encode_shift(s):\n    return s\ndef decode_shift(s):\n    return s\n",
+    }
+    for task, program in forged_helpers.items():
+        row = _humaneval(task)
+        verdict = pool.run_tests(program, CodeTests.from_dict(row))
+        assert verdict.status == "failed", (task, verdict)
+        assert pool.run_tests(row["prompt"] + row["canonical_solution"], CodeTests.from_dict(row)).passed
+    # MBPP's declared imports are kept and run on the trusted side.
+    fake_math = "class _Yes:\n    def isclose(self, *a, **k):\n        return True\nmath = _Yes()\ndef f(x):\n    return 0\n"
+    mbpp = {"test_list": ["assert math.isclose(f(1), 2.0)"], "test_imports": ["import math"], "entry_point": "f"}
+    assert "import math" in CodeTests.from_dict(mbpp).setup
+    assert pool.run_tests(fake_math, CodeTests.from_dict(mbpp)).status == "failed"
+    assert pool.run_tests("def f(x):\n    return 2.0\n", CodeTests.from_dict(mbpp)).passed
+    # Undeclared, a module name the tests use is still never a program object.
+    undeclared = asserts(["assert math.isclose(f(1), 2.0)"])
+    assert not pool.run_tests(fake_math, undeclared).passed
+    assert pool.run_tests("import math\ndef f(x):\n    return 2.0\n", undeclared).passed
+    # Nor is any name the program supplies a namespace the tests can be made to trust.
+    fake_namespaces = ("class math:\n    isclose = staticmethod(lambda *a, **k: True)\n",
+                       "class _N:\n    def allclose(self, *a):\n        return True\nnp = _N()\n")
+    for fake in fake_namespaces:
+        for line in ("assert math.isclose(f(1), 2.0)", "assert np.allclose(f(1), 2.0)"):
+            verdict = pool.run_tests(fake + "def f(x):\n    return 0\n", asserts([line]))
+            assert verdict.status == "failed", (fake, line, verdict)
+    # Setup-defined helpers, and names the tests never use, stay the test side's.
+    setup_tests = asserts(["assert f(2) == expected(2)"], setup="def expected(x):\n    return x * x\n")
+    assert not pool.run_tests("def expected(x):\n    return 0\ndef f(x):\n    return 0\n", setup_tests).passed
+    assert pool.run_tests("def f(x):\n    return x * x\n", setup_tests).passed
+
+
+WIRE_FORGERIES = {
+    "__builtins__ in the greeting": src("""
+        import sys
+        wire = sys.modules['verifiers.code.wire']
+        real = wire.write_frame
+        def forged(fd, message):
+            if isinstance(message, dict) and message.get('ok') is True:
+                message['names']['__builtins__'] = {'d': []}
+            real(fd, message)
+        wire.write_frame = forged
+        def f(x):
+            return 'wrong'
+        """),
+    "builtin name in the greeting": src("""
+        import sys
+        wire = sys.modules['verifiers.code.wire']
+        real = wire.write_frame
+        def forged(fd, message):
+            if isinstance(message, dict) and message.get('ok') is True:
+                message['names']['all'] = message['names']['f']
+            real(fd, message)
+        wire.write_frame = forged
+        def f(x):
+            return True
+        """),
+    "stop message answers every call": src("""
+        import sys
+        sys.modules['verifiers.code.harness']._answer = lambda *args: {'stop': True}
+        def f(x):
+            return False
+        """),
+    "extra keys in a reply": src("""
+        import sys
+        harness = sys.modules['verifiers.code.harness']
+        real = harness._answer
+        harness._answer = lambda *args: {**real(*args), 'stop': True}
+        def f(x):
+            return False
+        """),
+    "garbage value tree": src("""
+        import sys
+        sys.modules['verifiers.code.harness']._answer = lambda *args: {'v': {'x': 1}}
+        def f(x):
+            return False
+        """),
+}
+WIRE_TESTS = asserts(["assert all(map(f, [1, 2, 3]))", "assert not any(not f(x) for x in [1, 2])",
+                      "assert all(f(x) for x in [1])"])
+
+
+@needs_sandbox
+@pytest.mark.parametrize("name", sorted(WIRE_FORGERIES))
+def test_class2_program_rewriting_its_end_of_the_wire_is_a_violation(pool, name):
+    verdict = pool.run_tests(WIRE_FORGERIES[name], WIRE_TESTS)
+    assert verdict.status == "violation" and verdict.passed_cases == 0, verdict
+    assert pool.run_tests("def f(x):\n    return True\n", WIRE_TESTS).passed
+
+
+@needs_sandbox
+def test_class2_stop_iteration_from_a_call_is_an_error_not_the_end_of_a_loop(pool):
+    # Raised for real, or forged as the reply to a call: in the program's
+    # protocol it is an exception of the call, never the end of map()/any().
+    raised = "def f(x):\n    raise StopIteration\n"
+    forged = "import sys\nsys.modules['verifiers.code.harness']._answer = lambda *a: {'exc': 'StopIteration', 'msg': ''}\n" \
+             "def f(x):\n    return False\n"
+    for program in (raised, forged):
+        verdict = pool.run_tests(program, WIRE_TESTS)
+        assert verdict.status == "failed" and verdict.passed_cases == 0, verdict
+
+
+@needs_sandbox
+def test_class3_and_8_the_sandbox_sees_only_the_interpreter(pool, secret_store):
+    program = src(f"""
+        import os, sys
+        def exists(path):
+            return os.path.exists(path)
+        def package_dir():
+            module = sys.modules.get('verifiers')
+            return [os.path.exists(p) and os.listdir(p) for p in getattr(module, '__path__', [])]
+        def can_write(path):  # raw libc: the kernel must refuse, not the audit hook
+            import ctypes
+            return ctypes.CDLL(None).open(path.encode(), os.O_WRONLY | os.O_CREAT, 0o644) >= 0
+        def pid():
+            return os.getpid()
+        def processes():
+            return sorted(p for p in os.listdir('/proc') if p.isdigit())
+        """)
+    tests = asserts([f"assert not exists({str(DATA / 'benchmarks' / 'humaneval.jsonl')!r})",
+                     f"assert not exists({str(ROOT)!r} + '/pyproject.toml')",
+                     "assert not exists('/work/shared/data')",
+                     f"assert not exists({secret_store!r})",
+                     "assert package_dir() in ([], [False])",
+                     "assert not exists('/sys/fs/cgroup') and not exists('/sys')",
+                     "assert not exists('/home') and not exists('/etc/passwd')",
+                     "assert not can_write('/usr/lib/x') and not can_write(sys.prefix + '/x')",
+                     "assert processes() == ['1']",
+                     "assert pid() == 1"], entry_point="exists", setup="import sys")
+    verdict = pool.run_tests(program, tests)
+    assert verdict.passed, verdict
+    assert "pidns" in pool.info["isolation"]
+    # A directory inside what the sandbox must see (the interpreter's prefix) can be masked too.
+    inside = os.path.dirname(pytest.__file__)
+    with SandboxPool(1, hide_paths=[inside]) as masking:
+        listing = src(f"""
+            import os
+            def f(path):
+                return sorted(os.listdir(path))
+            """)
+        assert masking.run_tests(listing, asserts([f"assert f({inside!r}) == []", "assert 'os.py' in f(os.__file__[:-6])"],
+                                                  setup="import os")).passed
+
+
+MEMORY_SNOOPS = {
+    # Walk every frame above the program and every object gc knows: the worker's
+    # job (tests, expected outputs) would be there had the program been forked from it.
+    "frames and gc": src("""
+        import gc, re, sys
+        def f(x):
+            seen = []
+            frame = sys._getframe()
+            while frame is not None:
+                seen.extend(frame.f_locals.values())
+                frame = frame.f_back
+            seen.extend(gc.get_objects())
+            found = set()
+            for value in seen:
+                items = [value] if isinstance(value, (str, bytes)) else \
+                    list(value.values()) if isinstance(value, dict) else []
+                for item in items:
+                    if isinstance(item, bytes):
+                        item = item.decode('latin-1')
+                    if isinstance(item, str):
+                        found.update(re.findall('SECRET-[A-Z]+-[0-9]+', item))
+            return sorted(found)
+        """),
+    # Read raw memory (freed heap included) for what earlier jobs left behind.
+    "raw heap": src("""
+        import ctypes, re
+        def f(x):
+            found = set()
+            for line in open('/proc/self/maps'):
+                parts = line.split()
+                if 'rw' not in parts[1] or (len(parts) > 5 and parts[5].startswith('/')):
+                    continue
+                low, high = (int(a, 16) for a in parts[0].split('-'))
+                if high - low > 256 << 20:
+                    continue
+                try:
+                    data = ctypes.string_at(low, high - low)
+                except Exception:
+                    continue
+                found.update(m.decode() for m in re.findall(rb'SECRET-[A-Z]+-[0-9]+', data))
+            return sorted(found)
+        """),
+}
+
+
+@needs_sandbox
+@pytest.mark.parametrize("name", sorted(MEMORY_SNOOPS))
+def test_class3_no_answer_key_in_the_programs_memory(name):
+    earlier = [("def f(x):\n    return 0\n", asserts(["assert f(1) == 'SECRET-EARLIER-1234'"])),
+               ("print(0)\n", CodeTests.stdio([("", "SECRET-STDOUT-77")])),
+               ("def f(x):\n    return 'SECRET-PROGRAM-55'\n", asserts(["assert f(1) == 0"]))]
+    stdio_walk = src("""
+        import sys
+        frame = sys._getframe()
+        while frame is not None:
+            for value in list(frame.f_locals.values()):
+                if isinstance(value, str) and 'SECRET-' in value:
+                    print(value)
+            frame = frame.f_back
+        """)
+    with SandboxPool(1) as one:
+        one.run_batch(earlier)
+        snoop = one.run_tests(MEMORY_SNOOPS[name], asserts(["assert f(1) == []",
+                                                            "assert f(1) == ['SECRET-ANSWER-8419']"]))
+        assert snoop.passed_cases == 1 and snoop.status == "failed", snoop
+        stdio = one.run_tests(stdio_walk, CodeTests.stdio([("", "SECRET-STDIO-42")]))
+        assert stdio.status == "failed", stdio
+
+
+@needs_sandbox
+def test_class4_nothing_a_program_leaves_reaches_the_next():
+    leave = src("""
+        import ctypes, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        os.chdir('/tmp/work')
+        for _ in range(1100):          # deeper than shutil.rmtree's recursion
+            os.mkdir('d')
+            os.chdir('d')
+        with open('/tmp/work/fill', 'wb') as f:
+            try:
+                for _ in range(15):
+                    f.write(b'x' * (1 << 20))
+            except OSError:
+                pass
+        shm = libc.shmget(0x1818, 4096, 0o1000 | 0o666)      # IPC_CREAT
+        key = libc.syscall(248, b'user', b'leftover', b'secret', 6, -4)  # add_key to @u
+        def f(x):
+            return shm, key
+        """)
+    find = src("""
+        import ctypes, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        def f(x):
+            with open('fresh', 'wb') as out:
+                out.write(b'y' * (8 << 20))
+            found = libc.syscall(250, 10, -4, b'user', b'leftover', 0)  # KEYCTL_SEARCH @u
+            return sorted(os.listdir('.')), libc.shmget(0x1818, 0, 0), found
+        """)
+    with SandboxPool(1) as one:
+        left = one.run_tests(leave, asserts(["assert f(0)[0] >= 0", "assert f(0)[1] == -1"]))
+        assert left.passed, left   # the SysV segment exists in its own IPC namespace; the keyring is refused
+        for _ in range(2):
+            later = one.run_tests(find, asserts(["assert f(0) == (['fresh'], -1, -1)"]))
+            assert later.passed, later
+    with SandboxPool(1, unsafe_no_sandbox=True) as unsafe:  # no tmpfs there: the cleanup must cope
+        deep = leave.replace("'/tmp/work'", "os.getcwd()").replace("/tmp/work/fill", "fill")
+        assert unsafe.run_tests(deep, asserts(["assert True"])).passed
+        assert unsafe.run_tests("import os\ndef f(x):\n    return os.listdir('.')\n",
+                                asserts(["assert f(0) == []"])).passed
+
+
+@needs_sandbox
+def test_class5_pools_own_their_uids_and_programs_their_pid_namespaces(pool):
+    victim = "import time\ntime.sleep(2)\ndef f(x):\n    return x\n"
+    killer = src("""
+        import os, signal
+        for target in [-1] + [int(p) for p in os.listdir('/proc') if p.isdigit()]:
+            try:
+                os.kill(target, signal.SIGKILL)
+            except OSError:
+                pass
+        def f(x):
+            return x
+        """)
+    tests = asserts(["assert f(1) == 1"])
+    with SandboxPool(1) as other, ThreadPoolExecutor(1) as background:
+        assert other.config["base_uid"] != pool.config["base_uid"]
+        ours = set(range(pool.config["base_uid"], pool.config["base_uid"] + 2 * pool.size))
+        assert ours.isdisjoint(range(other.config["base_uid"], other.config["base_uid"] + 2 * other.size))
+        waiting = background.submit(pool.run_tests, victim, tests, timeout_s=10.0)
+        time.sleep(0.5)
+        for _ in range(3):
+            other.run_tests(killer, tests)
+        with SandboxPool(1):  # starting a third pool must not disturb it either
+            pass
+        assert waiting.result(timeout=60).passed
+
+
+@needs_sandbox
+def test_class6_a_cpu_hog_cannot_take_the_other_slots_cpu(pool):
+    hog = src("""
+        import os
+        os.sched_setaffinity(0, range(os.cpu_count()))
+        for _ in range(60):
+            try:
+                if os.fork() == 0:
+                    os.setsid()
+                    os.sched_setaffinity(0, range(os.cpu_count()))
+                    while True:
+                        pass
+            except OSError:
+                break
+        def f(x):
+            while True:
+                pass
+        """)
+    honest = "def f(n):\n    return sum(i * i for i in range(n))\n"
+    tests = asserts([f"assert f(200_000) == {sum(i * i for i in range(200_000))}"] * 3)
+    verdicts = pool.run_batch([(hog, asserts(["assert f(1)"])), (honest, tests)], timeout_s=2.0)
+    assert verdicts[0].status == "timeout" and verdicts[1].passed, verdicts
+    if "cgroup" not in pool.info["isolation"]:
+        return
+    # However many processes spin, the sandbox as a whole gets at most one CPU.
+    burst = src("""
+        import os, time
+        def f(x):
+            start = time.monotonic()
+            children = []
+            for _ in range(8):
+                pid = os.fork()
+                if pid == 0:
+                    os.sched_setaffinity(0, range(os.cpu_count()))
+                    while time.monotonic() - start < 1.5:
+                        pass
+                    os._exit(0)
+                children.append(pid)
+            for pid in children:
+                os.waitpid(pid, 0)
+            times = os.times()
+            return (times.children_user + times.children_system) / (time.monotonic() - start)
+        """)
+    share = pool.run_tests(burst, asserts(["assert f(0) <= 1.25", "assert f(0) < 0"]), timeout_s=5.0)
+    assert share.passed_cases == 1 and share.status == "failed", share
+    cpu_dirs = [p for p in pool.info["cgroup_paths"] if Path(p, "cpu.cfs_quota_us").exists() or Path(p, "cpu.max").exists()]
+    quotas = [Path(p, "cpu.cfs_quota_us").read_text().strip() for p in cpu_dirs if Path(p, "cpu.cfs_quota_us").exists()]
+    quotas += [Path(p, "cpu.max").read_text().split()[0] for p in cpu_dirs if Path(p, "cpu.max").exists()]
+    assert quotas == ["100000"]
+
+
+@needs_sandbox
+def test_class7_memory_and_processes_are_limited_per_sandbox(pool):
+    forks = src("""
+        import os
+        children = []
+        for _ in range(6):
+            pid = os.fork()
+            if pid == 0:
+                block = b'x' * (300 << 20)
+                import time
+                time.sleep(5)
+                os._exit(0)
+            children.append(pid)
+        for pid in children:
+            os.waitpid(pid, 0)
+        def f(x):
+            return x
+        """)
+    verdict = pool.run_tests(forks, asserts(["assert f(1) == 1"]), memory_mb=512, timeout_s=10.0)
+    if "cgroup" in pool.info["isolation"]:
+        assert verdict.status == "memory" and "512 MB" in verdict.detail, verdict
+    else:
+        assert not verdict.passed
+    spawn = src("""
+        import os, time
+        def f(x):
+            started = 0
+            for _ in range(200):
+                try:
+                    if os.fork() == 0:
+                        time.sleep(30)
+                        os._exit(0)
+                    started += 1
+                except OSError:
+                    break
+            return started
+        """)
+    counted = pool.run_tests(spawn, asserts(["assert f(0) < 64", "assert False"]))
+    assert counted.passed_cases == 1, counted
+
+
+@needs_sandbox
+def test_class9_program_strings_are_stored_as_valid_utf8(pool, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from factory.verify import verify_code_file
+
+    raising = "def f(x):\n    raise ValueError('\\ud800 lone')\n"
+    printing = "print('\\udcff', flush=True)\nraise SystemExit(3)\n"
+    verdicts = pool.run_batch([(raising, asserts(["assert f(1) == 1"])), (printing, STDIO_SUM)])
+    for verdict in verdicts:
+        assert not verdict.passed
+        verdict.detail.encode("utf-8")  # no lone surrogate left
+        pq.write_table(pa.table({"reason": [verdict.to_verdict().reason]}), tmp_path / "v.parquet")
+    assert "\\ud800" in verdicts[0].detail
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"response": f"```python\n{raising}```",
+                                "tests": {"kind": "asserts", "asserts": ["assert f(1) == 1"], "entry_point": "f"}}) + "\n")
+    summary = verify_code_file(rows, workers=1)
+    written = Path(summary["verdicts"]).read_text(encoding="utf-8")
+    assert "ValueError" in written and "\\\\ud800" in written
+
+
+@needs_sandbox
+def test_layers_that_are_off_are_reported_and_the_rest_still_holds():
+    with SandboxPool(1, without_layers=("cgroup", "pidns")) as degraded:
+        layers = degraded.info["layers"]
+        assert layers["cgroup"].startswith("off") and layers["pidns"].startswith("off")
+        assert "cgroup" not in degraded.info["isolation"] and "uid" in degraded.info["isolation"]
+        tests = asserts(["assert f(1) == 2"])
+        assert degraded.run_tests("def f(x):\n    return x + 1\n", tests).passed
+        spin = degraded.run_tests("while True:\n    pass\n", tests, timeout_s=0.5)
+        assert spin.status == "timeout" and "wall" not in spin.detail and "CPU" not in spin.detail
+        assert not degraded.run_tests(HACKS["__eq__ always True"], HACK_TESTS).passed
+        assert not sandbox_processes(degraded)
+    with pytest.raises(ValueError, match="^without_layers: expected"):
+        SandboxPool(1, without_layers=("network",))

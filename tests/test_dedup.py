@@ -15,8 +15,9 @@ from datasketch import MinHash, MinHashLSH
 from factory.dedup import dedup_file
 from factory.errors import FactoryError
 from factory.paths import BENCHMARKS_DIR
-from verifiers.dedup import (DedupItem, DedupParams, Deduplicator, deduplicate, exact_key, lsh_bands,
-                             normalize_text, shingle_hash32, sketch_batch, sketch_texts)
+from verifiers.dedup import (DEFAULT_THRESHOLD, SHORT_TEXT_SHINGLES, DedupItem, DedupParams, Deduplicator,
+                             deduplicate, exact_key, lsh_bands, normalize_text, pair_thresholds, shingle_hash32,
+                             sketch_batch, sketch_texts)
 
 
 def _gsm8k_texts(count: int) -> list[str]:
@@ -198,7 +199,7 @@ def test_dedup_file_against_reference_file(tmp_path: Path) -> None:
     report = dedup_file(tmp_path / "new.jsonl", out_path=tmp_path / "v.jsonl", reference=[tmp_path / "old.jsonl"],
                         threshold=None)
     assert report["dedup"]["dropped"] == {"reference": 1}
-    assert report["dedup"]["params"]["threshold"] == 0.7          # threshold=None: the library default
+    assert report["dedup"]["params"]["threshold"] == DEFAULT_THRESHOLD  # threshold=None: the library default
     row = [json.loads(line) for line in (tmp_path / "v.jsonl").read_text().splitlines()][2]
     assert row["kind"] == "reference" and row["duplicate_of"] == "old.jsonl:x"
 
@@ -213,3 +214,64 @@ def test_dedup_file_errors_are_one_line(tmp_path: Path) -> None:
     assert report["out_path"] == str(tmp_path / "a.dedup.parquet") and (tmp_path / "a.dedup.parquet").exists()
     with pytest.raises(FactoryError, match="no such file"):
         dedup_file(tmp_path / "missing.jsonl", out_path=tmp_path / "v.parquet")
+
+
+def _gsm8k_docs(count: int) -> list[str]:
+    """Real GSM8K problems + solutions of 100-200 words (the package's copy of the test split)."""
+    docs = []
+    with (BENCHMARKS_DIR / "gsm8k_test.jsonl").open() as handle:
+        for line in handle:
+            row = json.loads(line)
+            text = f"{row['problem']}\n{row['solution']}"
+            if 100 <= len(text.split()) <= 200:
+                docs.append(text)
+            if len(docs) == count:
+                break
+    return docs
+
+
+def _substitute(text: str, share: float, vocab: list[str], rng: random.Random) -> str:
+    words = text.split(" ")
+    for i in rng.sample(range(len(words)), round(share * len(words))):
+        words[i] = rng.choice(vocab)
+    return " ".join(words)
+
+
+def test_lightly_edited_short_documents_are_found_with_defaults() -> None:
+    docs = _gsm8k_docs(600)
+    rng = random.Random(3)
+    vocab = sorted({w for d in docs for w in d.split()})
+    items = [DedupItem(f"d{i}", d) for i, d in enumerate(docs)]
+    planted = {}
+    for k, src in enumerate(rng.sample(range(len(docs)), 120)):
+        share = (0.1, 0.2)[k % 2]
+        items.append(DedupItem(f"c{k}", _substitute(docs[src], share, vocab, rng)))
+        planted[f"c{k}"] = (f"d{src}", share)
+    verdicts = {v.id: v for v in deduplicate(items, workers=1)}
+    found = {share: sum(verdicts[c].cluster_id == verdicts[o].cluster_id for c, (o, s) in planted.items() if s == share)
+             for share in (0.1, 0.2)}
+    assert found[0.1] >= 0.95 * 60 and found[0.2] >= 0.8 * 60, found
+    # Precision: of the originals, only planted sources may share a cluster with anything.
+    clusters: dict[str, list[str]] = {}
+    for v in verdicts.values():
+        clusters.setdefault(v.cluster_id, []).append(v.id)
+    wrong = sum(1 for members in clusters.values() for m in members
+                if m.startswith("d") and sum(x.startswith("d") for x in members) > 1)
+    assert wrong <= 4, [m for m in clusters.values() if sum(x.startswith("d") for x in m) > 1]
+
+
+def test_short_texts_need_a_higher_similarity() -> None:
+    thresholds = pair_thresholds(0.3, np.array([4, 25, 100, 1000]))
+    assert thresholds[0] == pytest.approx(0.9) and thresholds[1] == pytest.approx(0.6)
+    assert thresholds[2] == thresholds[3] == pytest.approx(0.3)
+    assert pair_thresholds(0.95, np.array([1]))[0] == pytest.approx(0.95)  # never below the caller's
+    # Templated one-line answers to different problems stay apart; the same line with one more word does not.
+    items = [DedupItem("a", "So the final answer is 12 apples."), DedupItem("b", "So the final answer is 15 apples."),
+             DedupItem("c", "So the final answer is 12 apples in total.")]
+    verdicts = {v.id: v for v in deduplicate(items, workers=1)}
+    assert verdicts["a"].kept and verdicts["b"].kept
+    assert SHORT_TEXT_SHINGLES == 100
+    # The bar can be switched off: then one threshold holds for every pair.
+    assert pair_thresholds(0.3, np.array([4]), 0)[0] == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="short_text_shingles"):
+        DedupParams(short_text_shingles=-1).validate()

@@ -424,7 +424,7 @@ def test_reasons_name_the_path() -> None:
 
 def test_extracted_answer_is_reported() -> None:
     verdict = verify("\\frac{1}{2}", "<think>\\boxed{3}</think> It is $\\boxed{\\dfrac{1}{2}}$.")
-    assert verdict == MathVerdict(True, "\\dfrac{1}{2}", "equal_string")
+    assert verdict == MathVerdict(True, "\\dfrac{1}{2}", "equal_string", "boxed")
 
 
 def test_extract_answer_sources() -> None:
@@ -478,9 +478,11 @@ def test_gold_answers_of_math500_and_gsm8k_match_themselves() -> None:
     assert verify("18", boxed("3")).correct is False
 
 
-def test_verify_rejects_non_strings() -> None:
-    with pytest.raises(TypeError):
-        verify(5, "\\boxed{5}")  # type: ignore[arg-type]
+def test_verify_turns_non_strings_into_an_error_verdict() -> None:
+    verdict = verify(5, "\\boxed{5}")  # type: ignore[arg-type]
+    assert verdict.correct is None and verdict.code == "error" and "expected str" in verdict.reason
+    assert verify("5", None).code == "error"  # type: ignore[arg-type]
+    assert verify("5", "\\boxed{5}", policy="loose").code == "error"
 
 
 def test_verify_from_threads_agrees_with_serial() -> None:

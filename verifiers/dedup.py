@@ -41,7 +41,7 @@ import xxhash
 
 __all__ = [
     "DedupItem", "DedupParams", "DedupVerdict", "Deduplicator", "Sketch", "TokenBatch",
-    "deduplicate", "exact_key", "lsh_bands", "minhash_permutations", "ngram_hashes",
+    "deduplicate", "exact_key", "lsh_bands", "minhash_permutations", "ngram_hashes", "pair_thresholds",
     "normalize_text", "shingle_hash32", "sketch_batch", "sketch_tokens", "tokenize_batch",
 ]
 
@@ -50,10 +50,17 @@ log = logging.getLogger(__name__)
 DedupKind = Literal["unique", "exact", "near", "reference"]
 ShingleKind = Literal["word", "char"]
 
-# Measured with benchmarks/bench_dedup.py (see .helpers/README_dedup.md).
-DEFAULT_WORD_NGRAM = 1    # word sets: the only shingle that keeps 15-20% word edits above 0.7
+# Measured with benchmarks/bench_dedup.py (verifiers/README.md, "Near duplicates"): word
+# bigrams at 0.3 find 20%-word-edited copies of 100-200-word GSM8K documents (unigrams at 0.7
+# found 0%) and every planted copy of the 4k-character R1 corpus, at precision >= 0.99 on both.
+DEFAULT_WORD_NGRAM = 2
 DEFAULT_CHAR_NGRAM = 5
-DEFAULT_THRESHOLD = 0.7
+DEFAULT_THRESHOLD = 0.3
+# Short texts share a larger share of their shingles by chance ("The answer is 5." vs "... 7."),
+# so a pair whose shorter text has fewer than SHORT_TEXT_SHINGLES shingles must reach a higher
+# estimated Jaccard: threshold * sqrt(SHORT_TEXT_SHINGLES / n), capped at SHORT_TEXT_MAX_THRESHOLD.
+SHORT_TEXT_SHINGLES = 100
+SHORT_TEXT_MAX_THRESHOLD = 0.9
 SKETCH_BATCH = 2_000   # documents per worker task: big enough to amortise numpy/Arrow calls
 
 # Punctuation/symbols and CJK characters become tokens of their own (RE2 syntax).
@@ -340,10 +347,13 @@ class DedupParams:
 
     near:      also look for near-duplicates (MinHash + LSH), not only exact ones.
     num_perm:  MinHash permutations; more = tighter Jaccard estimate, linear cost.
-    threshold: Jaccard similarity (estimated) at or above which two texts are near-duplicates.
+    threshold: Jaccard similarity (estimated) at or above which two texts are near-duplicates;
+               pairs of short texts must reach more (:func:`pair_thresholds`).
     shingle:   "word" (word n-grams) or "char" (character n-grams of the word text).
     ngram:     shingle length; None = the measured default of the shingle kind.
     seed:      permutation seed (datasketch's ``seed``); signatures change with it.
+    short_text_shingles: pairs whose shorter text has fewer shingles than this must reach a
+               higher Jaccard (:func:`pair_thresholds`); 0 = the same threshold for every pair.
     """
 
     near: bool = True
@@ -352,6 +362,7 @@ class DedupParams:
     shingle: ShingleKind = "word"
     ngram: int | None = None
     seed: int = 1
+    short_text_shingles: int = SHORT_TEXT_SHINGLES
 
     def validate(self) -> DedupParams:
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \
@@ -366,6 +377,9 @@ class DedupParams:
             raise ValueError(f"ngram: expected an integer >= 1, got {self.ngram!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed: expected a non-negative integer, got {self.seed!r}")
+        if isinstance(self.short_text_shingles, bool) or not isinstance(self.short_text_shingles, int) \
+                or self.short_text_shingles < 0:
+            raise ValueError(f"short_text_shingles: expected a non-negative integer, got {self.short_text_shingles!r}")
         return self
 
     @property
@@ -466,6 +480,20 @@ def _candidate_pairs(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
     pairs = np.sort(pairs, axis=1)
     pairs = pairs[pairs[:, 0] != pairs[:, 1]]
     return np.unique(pairs, axis=0)
+
+
+def pair_thresholds(threshold: float, shorter_shingles: np.ndarray,
+                    short_text_shingles: int = SHORT_TEXT_SHINGLES) -> np.ndarray:
+    """The Jaccard a pair must reach, given the shingle count of its shorter text.
+
+    ``threshold`` for texts of ``short_text_shingles`` shingles and more; higher for
+    shorter texts (``threshold * sqrt(short_text_shingles / n)``, at most
+    :data:`SHORT_TEXT_MAX_THRESHOLD` or ``threshold`` if that is higher), because chance
+    overlap grows as texts get shorter. LSH candidates are drawn at ``threshold``.
+    """
+    n = np.maximum(shorter_shingles.astype(np.float64), 1.0)
+    scaled = threshold * np.sqrt(max(short_text_shingles, 0) / n)
+    return np.maximum(threshold, np.minimum(scaled, max(threshold, SHORT_TEXT_MAX_THRESHOLD)))
 
 
 def _jaccard_estimates(sigs: np.ndarray, pairs: np.ndarray, chunk: int = 65_536) -> np.ndarray:
@@ -597,7 +625,10 @@ class Deduplicator:
         pairs = _candidate_pairs(rep_sigs, bands, rows)
         if not len(pairs):
             return
-        similar = _jaccard_estimates(rep_sigs, pairs) >= self.params.threshold
+        rep_shingles = shingles[reps]
+        shorter = np.minimum(rep_shingles[pairs[:, 0]], rep_shingles[pairs[:, 1]])
+        similar = _jaccard_estimates(rep_sigs, pairs) >= pair_thresholds(self.params.threshold, shorter,
+                                                                         self.params.short_text_shingles)
         log.debug("LSH: %d bands x %d rows, %d candidate pairs, %d verified", bands, rows, len(pairs),
                   int(similar.sum()))
         for i, j in reps[pairs[similar]]:
@@ -661,14 +692,15 @@ def sketch_texts(texts: Sequence[str | None], params: DedupParams, *, workers: i
 
 def deduplicate(items: Sequence[DedupItem], *, near: bool = True, num_perm: int = 128,
                 threshold: float = DEFAULT_THRESHOLD, shingle: str = "word", ngram: int | None = None,
-                seed: int = 1, workers: int | None = None,
-                reference: Sequence[DedupItem] = ()) -> list[DedupVerdict]:
+                seed: int = 1, workers: int | None = None, reference: Sequence[DedupItem] = (),
+                short_text_shingles: int = SHORT_TEXT_SHINGLES) -> list[DedupVerdict]:
     """Exact + near-duplicate verdicts for ``items`` (same order), against each other and ``reference``.
 
-    ``ngram=None`` uses the measured default of the shingle kind (word: 1, char: 5).
+    ``ngram=None`` uses the measured default of the shingle kind (word: 2, char: 5).
     Bad parameters raise ``ValueError("<param>: expected …, got …")``.
     """
-    params = DedupParams(near, num_perm, threshold, shingle, ngram, seed).validate()  # type: ignore[arg-type]
+    params = DedupParams(near, num_perm, threshold, shingle, ngram, seed,  # type: ignore[arg-type]
+                         short_text_shingles).validate()
     ids = [it.id for it in items]
     if len(set(ids)) != len(ids):
         raise ValueError("items: expected unique ids, got duplicates")

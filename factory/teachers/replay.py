@@ -14,6 +14,7 @@ partial import behind, and the corrected recipe is then accepted as a first impo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -42,15 +43,18 @@ SHARD_BYTES = 64 << 20
 STAGING_PREFIX = ".import-"
 
 
-def import_traces(recipe: GenerateRecipe, recipe_file: Path, rhash: str, overrides: list[str], *,
+def import_traces(recipe: GenerateRecipe, recipe_file: Path, rhash: str, overrides: list[str], *, held: contextlib.ExitStack,
                   new_run: bool = False, force: bool = False, progress: bool = True):
-    """Read the traces a replay recipe names and publish the ones not yet in the run."""
+    """Read the traces a replay recipe names and publish the ones not yet in the run.
+
+    The caller holds the run's writer lock; a --new-run run's lock is taken into `held`.
+    """
     from factory.generate import GenerateReport, target_store
 
     options = recipe.teacher.replay
     assert options is not None
     path = resolve_data_path(options.path, recipe_file)
-    store, mode = target_store(recipe, rhash, new_run=new_run, force=force)
+    store, mode = target_store(recipe, rhash, new_run=new_run, force=force, held=held)
     _remove_stale_staging(store)
     staging = RunStore(store.root.parent / f"{STAGING_PREFIX}{store.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     started = time.monotonic()

@@ -83,6 +83,8 @@ class TransformersTeacher(Teacher):
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self._tokenizer = tokenizer
+        # Characters one token can stand for, at most: bounds a prompt's tokens from below by its length.
+        self._max_token_chars = max((len(token) for token in tokenizer.get_vocab()), default=1) or 1
         self._model = model.to(device).eval()
         self._device = device
 
@@ -128,24 +130,50 @@ class TransformersTeacher(Teacher):
     def _generate_batch(self, batch: list[GenerationRequest]) -> list[Completion]:
         tokenizer = self._tokenizer
         started = time.perf_counter()
+        limit = self._context_limit()
+        if limit is not None:
+            overlong = self._overlong_before_tokenizing(batch, limit)
+            if overlong:
+                return self._drop_overlong(batch, overlong)
         encoded = tokenizer.apply_chat_template(
             [r.messages for r in batch], add_generation_prompt=True, return_tensors="pt", padding=True, return_dict=True
         )
-        limit = self._context_limit()
         lengths = [int(n) for n in encoded["attention_mask"].sum(dim=1).tolist()]
         if limit is not None and max(lengths) >= limit:
-            return self._drop_overlong(batch, lengths, limit)
+            return self._drop_overlong(batch, {r.key: (n, f"prompt has {n} tokens; the model's context is {limit}")
+                                               for r, n in zip(batch, lengths) if n >= limit})
         return self._generate_encoded(batch, encoded.to(self._device), lengths, limit, started)
 
-    def _drop_overlong(self, batch: list[GenerationRequest], lengths: list[int], limit: int) -> list[Completion]:
+    def _overlong_before_tokenizing(self, batch: list[GenerationRequest], limit: int) -> dict[str, tuple[int, str]]:
+        """key → (prompt tokens, error) for prompts that cannot fit, found without tokenizing them in a padded batch.
+
+        No token is longer than the longest vocabulary entry, so a prompt of
+        more than limit × that many characters cannot fit and is never
+        tokenized (a 50 MB line would take gigabytes). A prompt long enough
+        that it might not fit (a token can also be a single byte) is
+        tokenized alone, unpadded, so one such prompt never widens a batch.
+        """
+        overlong: dict[str, tuple[int, str]] = {}
+        for request in batch:
+            chars = sum(len(m.get("content") or "") for m in request.messages)
+            if chars >= limit * self._max_token_chars:
+                overlong[request.key] = (0, f"prompt has {chars} characters, more than the model's context of {limit} tokens "
+                                            f"can hold (at most {self._max_token_chars} characters per token); not tokenized")
+            elif 4 * chars >= limit // 2:  # UTF-8 takes up to 4 bytes a character, and a byte-level token may be one byte
+                n = len(self._tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, return_dict=True)["input_ids"])
+                if n >= limit:
+                    overlong[request.key] = (n, f"prompt has {n} tokens; the model's context is {limit}")
+        return overlong
+
+    def _drop_overlong(self, batch: list[GenerationRequest], overlong: dict[str, tuple[int, str]]) -> list[Completion]:
         """Error completions for prompts that fill the context; the others are generated as usual."""
-        fits = [r for r, n in zip(batch, lengths) if n < limit]
+        fits = [r for r in batch if r.key not in overlong]
         generated = iter(self._generate_batch(fits) if fits else [])
         return [
-            next(generated) if n < limit else Completion(
-                key=r.key, text="", reasoning=None, answer="", finish_reason="error", prompt_tokens=n,
-                endpoint="local", error=f"prompt has {n} tokens; the model's context is {limit}")
-            for r, n in zip(batch, lengths)
+            next(generated) if r.key not in overlong else Completion(
+                key=r.key, text="", reasoning=None, answer="", finish_reason="error", prompt_tokens=overlong[r.key][0],
+                endpoint="local", error=overlong[r.key][1])
+            for r in batch
         ]
 
     def _generate_encoded(self, batch: list[GenerationRequest], encoded: Any, lengths: list[int],

@@ -27,7 +27,6 @@ from typing import Any
 
 from . import wire
 
-VIOLATION_FILE = ".sandbox_violation"
 _DETAIL_CHARS = 600
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 _NETWORK_EVENTS = frozenset({"socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg"})
@@ -43,22 +42,20 @@ def _tail(text: str, limit: int = _DETAIL_CHARS) -> str:
 
 # --------------------------------------------------------------------------- program side
 
-def install_policy_hook(workdir: str) -> None:
+def install_policy_hook(workdir: str, violation_fd: int) -> None:
     """Record (and refuse) network, subprocess and out-of-directory writes.
 
     The kernel enforces the real boundary (namespaces, uid, read-only mounts);
-    this hook only labels attempts so the verdict can say ``violation``. The
-    program can bypass or forge it, which can only make its own verdict worse.
+    this hook only labels attempts so the verdict can say ``violation``, on a
+    pipe the worker reads after the job. The program can bypass or forge it,
+    which can only make its own verdict worse.
     """
     root = os.path.realpath(workdir) + os.sep
-    marker = os.path.join(root, VIOLATION_FILE)
     allowed = ("/dev/null", "/dev/stdout", "/dev/stderr")
 
     def record(what: str) -> None:
         try:
-            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            os.write(fd, (what[:300] + "\n").encode("utf-8", "replace"))
-            os.close(fd)
+            os.write(violation_fd, (what[:300] + "\n").encode("utf-8", "backslashreplace"))
         except OSError:
             pass
         raise PermissionError(f"sandbox: {what}")
@@ -152,8 +149,9 @@ def serve_program(program: str, tests: dict[str, Any], rfd: int, wfd: int) -> No
                                "detail": _tail(traceback.format_exc())})
         return
     _restore_builtins(pristine)
+    entry = tests.get("entry_point")
     names = {k: _export(k, v, handles) for k, v in list(namespace.items())
-             if not (k.startswith("__") and k.endswith("__"))}
+             if type(k) is str and _exportable(k, entry)}
     wire.write_frame(wfd, {"ok": True, "names": names})
     requests = wire.FrameReader(rfd)
     while True:
@@ -161,6 +159,14 @@ def serve_program(program: str, tests: dict[str, Any], rfd: int, wfd: int) -> No
         if request is None:
             return
         wire.write_frame(wfd, _answer(request, handles, pristine))
+
+
+def _exportable(name: str, entry_point: str | None) -> bool:
+    """Names the test side may accept: never a dunder, nor a builtin's name
+    unless it is the entry point itself."""
+    if name == entry_point:
+        return name.isidentifier()
+    return name.isidentifier() and not name.startswith("__") and name not in _BUILTIN_NAMES
 
 
 def _restore_builtins(pristine: dict[str, Any]) -> None:
@@ -230,28 +236,53 @@ class RemoteError(Exception):
     """The program raised an exception that has no builtin counterpart."""
 
 
+class ProtocolViolation(RemoteDied):
+    """The program's process sent something outside the protocol's closed schema:
+    it rewrote its own end of the wire. Graded ``violation``."""
+
+
+_REPLY_KEYS = {"call": ("v", "exc"), "getattr": ("v", "exc"), "iter": ("v", "exc"), "next": ("v", "exc", "stop")}
+
+
 class _Connection:
     def __init__(self, wfd: int, rfd: int) -> None:
         self.wfd, self.replies = wfd, wire.FrameReader(rfd)
         self.dead: str | None = None
+        self.violation: str | None = None
         self.memory = False
         self.proxies: dict[int, RemoteObject] = {}
 
-    def handshake(self) -> dict[str, Any]:
-        reply = self._receive()
-        if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
-            self._die("program sent a malformed greeting")
-        return reply
+    def handshake(self, entry_point: str | None) -> tuple[bool, dict[str, Any]]:
+        """``(True, names)`` or ``(False, {"etype", "detail"})``; anything else is a violation."""
+        hello = self._receive()
+        if type(hello) is not dict or type(hello.get("ok")) is not bool:
+            self._violate("program sent a malformed greeting")
+        if hello["ok"]:
+            names = hello.get("names")
+            if set(hello) != {"ok", "names"} or type(names) is not dict:
+                self._violate(f"program sent a greeting with keys {sorted(hello)!r:.100}")
+            for name in names:
+                if not _acceptable_name(name, entry_point):
+                    self._violate(f"program sent the name {name!r:.60}, which would shadow the test side's own")
+            return True, names
+        if set(hello) != {"ok", "etype", "detail"} or not all(type(hello[k]) is str for k in ("etype", "detail")):
+            self._violate(f"program sent a failure greeting with keys {sorted(hello)!r:.100}")
+        return False, hello
 
     def _die(self, why: str) -> None:
         self.dead = self.dead or why
         raise RemoteDied(self.dead)
 
+    def _violate(self, why: str) -> None:
+        self.violation = self.violation or why
+        self.dead = self.dead or why
+        raise ProtocolViolation(why)
+
     def _receive(self) -> Any:
         try:
             reply = self.replies.read()
         except (wire.ProtocolError, OSError) as exc:
-            self._die(f"program broke the protocol: {exc}")
+            self._violate(f"program broke the protocol: {exc}")
         if reply is None:
             self._die("program exited before the tests finished")
         return reply
@@ -263,38 +294,52 @@ class _Connection:
 
     def request(self, message: dict[str, Any]) -> Any:
         if self.dead:
+            if self.violation:
+                raise ProtocolViolation(self.violation)
             raise RemoteDied(self.dead)
         try:
             wire.write_frame(self.wfd, message)
         except OSError:
             self._die("program exited before the tests finished")
         reply = self._receive()
-        if not isinstance(reply, dict):
-            self._die("program sent a malformed reply")
-        if "v" in reply:
+        op = message["op"]
+        if type(reply) is not dict or len(reply) not in (1, 2):
+            self._violate(f"program sent a malformed reply to {op}")
+        if set(reply) == {"v"} and "v" in _REPLY_KEYS[op]:
             try:
                 return wire.decode(reply["v"], self.proxy, _import_module)
             except wire.ProtocolError as exc:
-                self._die(f"program sent a bad value: {exc}")
-        if reply.get("stop") is True:
+                self._violate(f"program sent a bad value: {exc}")
+        if set(reply) == {"stop"} and "stop" in _REPLY_KEYS[op] and reply["stop"] is True:
             raise StopIteration
-        name, msg = str(reply.get("exc")), str(reply.get("msg", ""))
-        if name == "MemoryError":
-            self.memory = True
-        cls = getattr(builtins, name, None)
-        if isinstance(cls, type) and issubclass(cls, Exception) and cls is not StopIteration:
-            raise cls(msg)
-        raise RemoteError(f"{name}: {msg}")
+        if set(reply) == {"exc", "msg"} and type(reply["exc"]) is str and type(reply["msg"]) is str:
+            name, msg = reply["exc"], reply["msg"]
+            if name == "MemoryError":
+                self.memory = True
+            cls = getattr(builtins, name, None) if name.isidentifier() else None
+            if isinstance(cls, type) and issubclass(cls, Exception) and not issubclass(cls, _NEVER_REMOTE):
+                raise cls(msg)
+            raise RemoteError(f"{name}: {msg}")
+        self._violate(f"program sent a reply that does not answer {op}: keys {sorted(reply)!r:.80}")
+
+
+# Exceptions that steer the test code's control flow, not results of a call.
+_NEVER_REMOTE = (StopIteration, StopAsyncIteration, GeneratorExit)
 
 
 class RemoteObject:
     """A program object the test side may call, iterate or take attributes of,
-    but never compare, hash or test for truth (its class is the program's)."""
+    but never compare, hash or test for truth (its class is the program's).
 
-    __slots__ = ("_conn", "_index")
+    A *helper* (a global of the program the tests use, other than the entry
+    point, e.g. a ``Pair`` class) may be called and passed around, but not used
+    as a namespace: ``math.isclose(...)`` must never be the program's ``isclose``.
+    """
 
-    def __init__(self, conn: _Connection, index: int) -> None:
-        self._conn, self._index = conn, index
+    __slots__ = ("_conn", "_index", "_helper")
+
+    def __init__(self, conn: _Connection, index: int, helper: str = "") -> None:
+        self._conn, self._index, self._helper = conn, index, helper
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         on_other = _send_ref
@@ -304,6 +349,9 @@ class RemoteObject:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
+        if self._helper:
+            raise AttributeError(f"the tests may call the program's {self._helper!r} but not use it as a "
+                                 f"namespace ({self._helper}.{name})")
         return self._conn.request({"op": "getattr", "r": self._index, "name": name})
 
     def __iter__(self) -> Any:
@@ -341,23 +389,30 @@ def _send_ref(value: Any) -> Any:
 _BUILTIN_NAMES = frozenset(dir(builtins))
 
 
+def _acceptable_name(name: Any, entry_point: str | None) -> bool:
+    if type(name) is not str or not name.isidentifier():
+        return False
+    if name == entry_point:
+        return True
+    return not name.startswith("__") and name not in _BUILTIN_NAMES
+
+
 # Importing these has side effects (browsers, GUIs, printing) we do not want
 # in the long-lived test process.
 _NO_IMPORT = frozenset({"antigravity", "this", "tkinter", "turtle", "turtledemo", "idlelib", "webbrowser"})
 
 
 def _import_module(name: str) -> Any:
-    """The test side's own copy of a module the program imported (by name only).
+    """The test side's own copy of a standard-library module the program imported (by name only).
 
-    Only modules already loaded or from the standard library: the program
-    chooses the name, so it must not be able to make the test side import
-    arbitrary code.
+    The program chooses the name, so it must not be able to make the test side
+    import arbitrary code, nor hand it one of the verifier's own modules.
     """
-    if name in sys.modules:
-        return sys.modules[name]
     top = name.partition(".")[0]
     if top not in sys.stdlib_module_names or top in _NO_IMPORT:
         return None
+    if name in sys.modules:
+        return sys.modules[name]
     try:
         return importlib.import_module(name)
     except Exception:
@@ -372,7 +427,21 @@ def _compile_test(source: str, name: str) -> Any:
     return compile(source, name, "exec", dont_inherit=True, optimize=0)
 
 
+@functools.lru_cache(maxsize=512)
+def _names_used(source: str, name: str) -> frozenset[str]:
+    """Every name the compiled test source (and the functions it defines) looks up."""
+    found: set[str] = set()
+    pending = [_compile_test(source, name)]
+    while pending:
+        code = pending.pop()
+        found.update(code.co_names)
+        pending.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    return frozenset(found)
+
+
 def _classify(exc: BaseException, conn: _Connection) -> tuple[str, str]:
+    if isinstance(exc, ProtocolViolation) or conn.violation:
+        return "violation", str(conn.violation or exc)
     if isinstance(exc, RemoteDied) or conn.dead:
         return "died", str(conn.dead or exc)
     if isinstance(exc, MemoryError) or conn.memory:
@@ -394,31 +463,72 @@ def run_test_side(tests: dict[str, Any], wfd: int, rfd: int, report_fd: int, job
         report({"done": True})
 
 
-def _run_cases(tests: dict[str, Any], conn: _Connection, report: Any) -> None:
-    try:
-        hello = conn.handshake()
-    except RemoteDied as exc:
-        report({"load_error": "died", "detail": str(exc)})
-        return
-    if not hello["ok"]:
-        report({"load_error": str(hello.get("etype")), "detail": str(hello.get("detail"))})
-        return
-    names = hello.get("names")
+def _trusted_sources(tests: dict[str, Any]) -> list[tuple[str, str]]:
+    """(source, label) of the code the tests bring: prompt, setup / declared imports, test file."""
+    sources = [(tests.get("prompt") or "", "<prompt>"), (tests.get("setup") or "", "<setup>")]
+    if tests["kind"] == "humaneval":
+        sources.append((tests["test"], "<test>"))
+    return [(src, label) for src, label in sources if src.strip()]
+
+
+def _build_env(tests: dict[str, Any], names: dict[str, Any], conn: _Connection) -> tuple[dict[str, Any], list]:
+    """The test side's namespace, built from trusted code; the program supplies
+    only its entry point and names the tests use that trusted code does not define.
+
+    Returns the namespace and the errors of trusted code (reported per case).
+    """
     env: dict[str, Any] = {"__name__": "__test__", "__builtins__": builtins}
-    if isinstance(names, dict):
-        for key, tree in names.items():
-            # A program global named like a builtin (abs, isinstance, ...) would
-            # otherwise answer for the test code's own checks.
-            if key in _BUILTIN_NAMES and key != tests.get("entry_point"):
-                continue
-            try:
-                env[str(key)] = wire.decode(tree, conn.proxy, _import_module)
-            except wire.ProtocolError:
-                continue
-    for index, (label, run_case) in enumerate(_cases(tests, env)):
+    errors: list[BaseException] = []
+    for source, label in _trusted_sources(tests):
+        try:
+            exec(_compile_test(source, label), env)
+        except BaseException as exc:
+            if label != "<prompt>":  # a prompt is context; setup and test code must run
+                errors.append(exc)
+    entry = tests.get("entry_point")
+    env.pop(entry, None)  # the prompt's stub of the entry point is not an answer
+    used: set[str] = set()
+    for source, label in _trusted_sources(tests) + [(a, "<assert>") for a in tests.get("asserts", ())]:
+        if label == "<prompt>":
+            continue
+        try:
+            used |= _names_used(source, label)
+        except SyntaxError:
+            pass
+    for name, tree in names.items():
+        if name != entry and (name in env or name not in used):
+            continue
+        try:
+            value = wire.decode(tree, conn.proxy, _import_module)
+        except wire.ProtocolError as exc:
+            conn._violate(f"program sent a bad value for {name!r}: {exc}")
+        if name != entry and name in sys.stdlib_module_names and not isinstance(value, types.ModuleType):
+            continue  # "math" must be the module, not whatever the program bound to it
+        if name != entry and isinstance(value, RemoteObject):
+            value = RemoteObject(conn, value._index, helper=name)
+        env[name] = value
+    return env, errors
+
+
+def _run_cases(tests: dict[str, Any], conn: _Connection, report: Any) -> None:
+    entry = tests.get("entry_point")
+    try:
+        ok, hello = conn.handshake(entry)
+        if ok:
+            env, errors = _build_env(tests, hello, conn)
+    except RemoteDied as exc:
+        kind = "violation" if isinstance(exc, ProtocolViolation) else "died"
+        report({"load_error": kind, "detail": str(exc)})
+        return
+    if not ok:
+        report({"load_error": hello["etype"], "detail": hello["detail"]})
+        return
+    for index, (label, run_case) in enumerate(_cases(tests, env, errors)):
         try:
             run_case()
             ok, kind, detail = not conn.dead, "died" if conn.dead else "", str(conn.dead or "")
+            if conn.violation:
+                ok, kind, detail = False, "violation", conn.violation
         except BaseException as exc:
             kind, detail = _classify(exc, conn)
             ok = False
@@ -427,27 +537,22 @@ def _run_cases(tests: dict[str, Any], conn: _Connection, report: Any) -> None:
             break
 
 
-def _cases(tests: dict[str, Any], env: dict[str, Any]) -> Any:
+def _cases(tests: dict[str, Any], env: dict[str, Any], errors: list[BaseException]) -> Any:
     kind = tests["kind"]
     if kind == "humaneval":
         entry = tests["entry_point"]
 
         def check() -> None:
-            exec(_compile_test(tests["test"], "<test>"), env)
+            if errors:
+                raise errors[0]
             if entry not in env:
                 raise NameError(f"the program does not define {entry!r}")
             env["check"](env[entry])
         yield f"check({entry})", check
         return
-    setup_done: list[BaseException] = []
-    if tests.get("setup"):
-        try:
-            exec(_compile_test(tests["setup"], "<setup>"), env)
-        except BaseException as exc:
-            setup_done.append(exc)
     for line in tests["asserts"]:
         def one(line: str = line) -> None:
-            if setup_done:
-                raise setup_done[0]
+            if errors:
+                raise errors[0]
             exec(_compile_test(line, "<assert>"), env)
         yield _tail(line, 200), one

@@ -1,14 +1,32 @@
-"""Kernel-level isolation: namespaces, mounts, uids and rlimits (Linux, root).
+"""Kernel-level isolation: namespaces, a minimal root, cgroups, uids, rlimits (Linux, root).
 
-A worker calls ``isolate_worker`` once: it moves itself into fresh network and
-mount namespaces (loopback down, so nothing is reachable), makes ``/``
-read-only, mounts private tmpfs over ``/tmp``, ``/run`` & co, and hides home
-directories and the factory's store behind empty tmpfs (binding the Python
-installation back, read-only, where it lives under a hidden path). Every
-sandboxed child it forks then calls ``enter_sandbox``: new session, rlimits,
-an unprivileged uid of its own, ``no_new_privs``.
+Layers, from the outside in (``SandboxPool.info["layers"]`` says which are on):
 
-Python 3.11 has no ``os.unshare``, so ``unshare(2)``/``mount(2)`` go through
+* **uids**: each pool takes a range of unprivileged uids of its own
+  (``allocate_uid_range``, a lock file per range), so two pools never share
+  one and cannot signal each other's programs.
+* **worker** (``isolate_worker``, once per fork server): fresh network and mount
+  namespaces (loopback down), then ``pivot_root`` into a read-only tmpfs that
+  holds only what the interpreter needs: ``/usr``, ``/lib*``, ``/bin``, the
+  Python prefixes and their ``sys.path`` entries, bound read-only, plus a few
+  ``/dev`` nodes. Not the project checkout, not its data, not ``/sys``,
+  ``/home``, ``/root`` or the store. Our own packages (``verifiers``,
+  ``factory``) are masked where an install put them under a bound path.
+* **cgroup** (``SlotCgroup``, one per worker slot, v1 or v2, whichever the
+  machine has): at most one CPU, ``memory_mb`` of memory and
+  ``PROCESS_LIMIT`` processes for *all* of a program's processes together;
+  the worker reads its CPU time for timeouts and its OOM kills for the
+  ``memory`` verdict.
+* **sandbox** (``enter_program_sandbox``, in each forked program): its own PID
+  namespace (the worker unshares it before the fork; when the program's first
+  process dies the kernel kills the rest), IPC namespace (System V objects and
+  POSIX queues die with it) and mount namespace with a fresh ``/proc`` and a
+  fresh tmpfs on ``/tmp/work``, its cwd (freed with the namespace: no cleanup
+  that can fail),
+  a seccomp filter refusing the kernel keyring (per-uid, it would outlive
+  the program), rlimits, its uid, ``no_new_privs``.
+
+Python 3.11 has no ``os.unshare``/``os.setns``, so the system calls go through
 ctypes.
 """
 
@@ -16,24 +34,43 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import fcntl
+import logging
 import math
 import os
+import platform
 import resource
 import signal
+import struct
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-CLONE_NEWNS = 0x00020000
-CLONE_NEWNET = 0x40000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
-PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
-# Covered by private tmpfs: the shared scratch dirs, and /run, which holds
-# host unix sockets (dbus, ...) that a network namespace does not cut off.
-SCRATCH_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run")
+log = logging.getLogger(__name__)
+
+CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x08000000, 0x20000000, 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = (
+    1, 2, 4, 8, 32, 4096, 16384, 1 << 18)
+MNT_DETACH = 2
+PR_SET_PDEATHSIG, PR_SET_SECCOMP, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 22, 36, 38
 SCRATCH_SIZE = "256m"
 FILE_SIZE_LIMIT = 16 << 20
 OPEN_FILES_LIMIT = 256
 PROCESS_LIMIT = 64
+WORKDIR = "/tmp/work"
+# Above the fixed 1,000,000 that pools used before ranges were allocated, so an
+# older copy running on the same host cannot share (or kill) our uids.
+UID_BASE, UID_BLOCK, UID_BLOCKS = 1 << 20, 1024, 4096
+UID_LOCK_DIR = "/run/lock/factory-code-uids"
+# System directories the interpreter and its extension modules load from.
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+ETC_FILES = ("/etc/ld.so.cache", "/etc/localtime")
+DEV_NODES = ("null", "zero", "full", "random", "urandom")
+# Packages of ours that a program must not read (benchmark data ships inside).
+OWN_PACKAGES = ("verifiers", "factory")
+_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
+# seccomp: (audit arch, {add_key, request_key, keyctl}).
+_KEYRING_SYSCALLS = {"x86_64": (0xC000003E, (248, 249, 250)), "aarch64": (0xC00000B7, (217, 218, 219))}
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 
@@ -52,10 +89,18 @@ def unshare(flags: int) -> None:
     _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
 
 
+def setns(fd: int, nstype: int) -> None:
+    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
+
+
 def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
     enc = (lambda s: s.encode() if s is not None else None)
     _check(_libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)),
            f"mount {target}")
+
+
+def umount(target: str, flags: int = 0) -> None:
+    _check(_libc.umount2(target.encode(), ctypes.c_int(flags)), f"umount {target}")
 
 
 def prctl(option: int, value: int) -> None:
@@ -63,12 +108,206 @@ def prctl(option: int, value: int) -> None:
                        ctypes.c_ulong(0)), f"prctl {option}")
 
 
-def default_hidden_paths() -> list[str]:
-    """Home directories and the factory's store (``$FACTORY_HOME``, else ``./.factory``)."""
-    paths = ["/root", "/home", os.path.expanduser("~"),
-             os.path.abspath(os.environ.get("FACTORY_HOME", ".factory"))]
-    return sorted({os.path.realpath(p) for p in paths if p})
+def _pivot_root(new_root: str) -> None:
+    number = _PIVOT_ROOT.get(platform.machine())
+    if number is None:
+        raise OSError(0, f"pivot_root: unknown system call number on {platform.machine()}")
+    os.chdir(new_root)
+    # pivot_root(".", "."): the old root ends up on top of the new one; detach it.
+    _check(_libc.syscall(ctypes.c_long(number), b".", b"."), "pivot_root")
+    umount(".", MNT_DETACH)
+    os.chdir("/")
 
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+# --------------------------------------------------------------------------- uid ranges
+
+def allocate_uid_range(size: int) -> tuple[int, int]:
+    """``(first uid, lock fd)`` of a free block of ``size`` uids (held while the fd is open).
+
+    A block is free when no live process holds its lock: a crashed pool's block
+    is reused, and its leftovers are killed by the worker that takes it over.
+    """
+    blocks = max(1, math.ceil(size / UID_BLOCK))
+    os.makedirs(UID_LOCK_DIR, mode=0o700, exist_ok=True)
+    for start in range(0, UID_BLOCKS - blocks + 1, blocks):
+        fd = os.open(os.path.join(UID_LOCK_DIR, f"{start}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        return UID_BASE + start * UID_BLOCK, fd
+    raise SandboxUnavailable(f"all {UID_BLOCKS} sandbox uid ranges are in use ({UID_LOCK_DIR})")
+
+
+# --------------------------------------------------------------------------- cgroups
+
+@dataclass
+class SlotCgroup:
+    """One cgroup per worker slot: a program's processes share one CPU, its memory and pids limit.
+
+    ``version`` is 1 or 2; ``paths`` the directories created (removed by ``remove``).
+    The worker keeps file descriptors, so it can drive the cgroup after
+    ``/sys`` is gone from its view.
+    """
+
+    version: int
+    paths: list[str]
+    procs_fds: list[int] = field(default_factory=list)
+    cpu_fd: int = -1
+    memory_fds: list[int] = field(default_factory=list)
+    events_fd: int = -1
+    memory_mb: int = 0
+
+    def join(self) -> None:
+        """Move the calling process into the cgroup (in every hierarchy)."""
+        for fd in self.procs_fds:
+            os.write(fd, b"0")
+
+    def set_memory(self, memory_mb: int) -> None:
+        if memory_mb == self.memory_mb:
+            return
+        value = str(memory_mb << 20).encode()
+        # v1's memory+swap limit must stay >= the memory limit: raise it first, lower it last.
+        order = self.memory_fds if memory_mb < self.memory_mb else self.memory_fds[::-1]
+        for fd in order:
+            try:
+                os.pwrite(fd, value, 0)
+            except OSError as exc:  # memsw when swap accounting is off, ...
+                log.debug("cgroup memory limit: %s", exc)
+        self.memory_mb = memory_mb
+
+    def cpu_s(self) -> float:
+        data = os.pread(self.cpu_fd, 4096, 0)
+        if self.version == 1:
+            return int(data) / 1e9
+        for line in data.decode().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "usage_usec":
+                return int(value) / 1e6
+        return 0.0
+
+    def oom_kills(self) -> int:
+        for line in os.pread(self.events_fd, 4096, 0).decode().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+        return 0
+
+    def remove(self) -> None:
+        for path in self.paths:
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass
+
+
+def _cgroup_mounts() -> tuple[dict[str, str], str | None]:
+    """v1 mount point per controller, and the cgroup2 mount point."""
+    v1: dict[str, str] = {}
+    v2 = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fstype, _source, options = (right.split() + ["", "", ""])[:3]
+            point = left.split()[4]
+            if fstype == "cgroup2" and v2 is None:
+                v2 = point
+            elif fstype == "cgroup":
+                for option in options.split(","):
+                    v1.setdefault(option, point)
+    return v1, v2
+
+
+def _own_cgroups() -> dict[str, str]:
+    """Controller (or "" for v2) → this process's cgroup path."""
+    own = {}
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            for controller in controllers.split(",") if controllers else [""]:
+                own[controller] = path
+    return own
+
+
+def create_slot_cgroup(name: str) -> SlotCgroup:
+    """A CPU/memory/pids-limited cgroup named ``name``; raises OSError with the reason if impossible."""
+    v1, v2 = _cgroup_mounts()
+    own = _own_cgroups()
+    if all(c in v1 for c in ("cpu", "cpuacct", "memory", "pids")):
+        return _create_v1(name, v1, own)
+    if v2 is not None:
+        return _create_v2(name, v2, own.get("", "/"))
+    raise OSError(0, "no cgroup v1 cpu/cpuacct/memory/pids hierarchies and no cgroup2 mount")
+
+
+def _create_v1(name: str, mounts: dict[str, str], own: dict[str, str]) -> SlotCgroup:
+    dirs: dict[str, str] = {}
+    for controller in ("cpu", "cpuacct", "memory", "pids"):
+        path = os.path.join(mounts[controller], own.get(controller, "/").lstrip("/"), name)
+        os.makedirs(path, exist_ok=True)
+        dirs[controller] = path
+    group = SlotCgroup(1, sorted(set(dirs.values())))
+    group.procs_fds = [os.open(os.path.join(p, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC) for p in group.paths]
+    _write(dirs["cpu"], "cpu.cfs_period_us", "100000")
+    _write(dirs["cpu"], "cpu.cfs_quota_us", "100000")  # one CPU, however many processes
+    _write(dirs["pids"], "pids.max", str(PROCESS_LIMIT))
+    group.cpu_fd = os.open(os.path.join(dirs["cpuacct"], "cpuacct.usage"), os.O_RDONLY | os.O_CLOEXEC)
+    group.events_fd = os.open(os.path.join(dirs["memory"], "memory.oom_control"), os.O_RDONLY | os.O_CLOEXEC)
+    group.memory_fds = [os.open(os.path.join(dirs["memory"], f), os.O_WRONLY | os.O_CLOEXEC)
+                        for f in ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes")
+                        if os.path.exists(os.path.join(dirs["memory"], f))]
+    return group
+
+
+def _create_v2(name: str, mount_point: str, own: str) -> SlotCgroup:
+    parent = os.path.join(mount_point, own.lstrip("/"))
+    try:
+        _write(parent, "cgroup.subtree_control", "+cpu +memory +pids")
+    except OSError:  # our own cgroup holds processes: try the root of the mount
+        parent = mount_point
+        _write(parent, "cgroup.subtree_control", "+cpu +memory +pids")
+    path = os.path.join(parent, name)
+    os.makedirs(path, exist_ok=True)
+    group = SlotCgroup(2, [path])
+    group.procs_fds = [os.open(os.path.join(path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)]
+    _write(path, "cpu.max", "100000 100000")
+    _write(path, "pids.max", str(PROCESS_LIMIT))
+    try:
+        _write(path, "memory.swap.max", "0")
+    except OSError:
+        pass
+    group.cpu_fd = os.open(os.path.join(path, "cpu.stat"), os.O_RDONLY | os.O_CLOEXEC)
+    group.events_fd = os.open(os.path.join(path, "memory.events"), os.O_RDONLY | os.O_CLOEXEC)
+    group.memory_fds = [os.open(os.path.join(path, "memory.max"), os.O_WRONLY | os.O_CLOEXEC)]
+    return group
+
+
+def _write(directory: str, name: str, value: str) -> None:
+    with open(os.path.join(directory, name), "w") as f:
+        f.write(value)
+
+
+def kill_cgroup_members(paths: list[str]) -> None:
+    """SIGKILL whatever a crashed predecessor left in these cgroups (before reusing them)."""
+    for path in paths:
+        try:
+            with open(os.path.join(path, "cgroup.procs")) as f:
+                pids = [int(p) for p in f.read().split()]
+        except OSError:
+            continue
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+# --------------------------------------------------------------------------- the worker's view
 
 def _needed_paths() -> list[str]:
     """Where the interpreter and its packages live; these stay readable."""
@@ -80,12 +319,71 @@ def _needed_paths() -> list[str]:
     return sorted(p for p in paths if not any(q != p and _within(p, q) for q in paths))
 
 
-def _within(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
+def _own_package_dirs() -> list[str]:
+    """Where ``verifiers``/``factory`` are, imported or not (a non-editable install
+    puts them, benchmark data included, inside site-packages)."""
+    dirs = set()
+    for name in OWN_PACKAGES:
+        module = sys.modules.get(name)
+        dirs.update(os.path.realpath(p) for p in getattr(module, "__path__", None) or [])
+        dirs.update(os.path.realpath(os.path.join(p, name)) for p in sys.path
+                    if p and os.path.isdir(os.path.join(p, name)))
+    return sorted(dirs)
 
 
-def isolate_worker(hidden_paths: list[str]) -> dict[str, object]:
-    """Move this (single-threaded, root) process into its own net+mount namespaces."""
+def _bind_readonly(source: str, target: str) -> None:
+    mount(source, target, None, MS_BIND | MS_REC)
+    mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def _root_plan(hidden: list[str]) -> dict[str, Any]:
+    """What the new root holds, with O_PATH handles on every bind source, taken
+    before /tmp is covered (a venv in a checkout under /tmp, as on CI)."""
+    dirs: list[str] = []
+    links: dict[str, str] = {}
+    for path in [*SYSTEM_DIRS, *_needed_paths()]:
+        if os.path.islink(path) and path in SYSTEM_DIRS:
+            links[path] = os.readlink(path)
+        elif os.path.isdir(path) and not any(_within(path, d) for d in dirs):
+            dirs = [d for d in dirs if not _within(d, path)] + [path]
+    files = [p for p in ETC_FILES if os.path.isfile(p)] + [f"/dev/{n}" for n in DEV_NODES if os.path.exists(f"/dev/{n}")]
+    masked = sorted({p for p in [*_own_package_dirs(), *hidden]
+                     if os.path.isdir(p) and any(_within(p, d) for d in dirs)})
+    handles = {p: os.open(p, os.O_PATH | os.O_CLOEXEC) for p in [*dirs, *files]}
+    return {"dirs": dirs, "links": links, "files": files, "masked": masked, "handles": handles}
+
+
+def _build_root(root: str, plan: dict[str, Any]) -> dict[str, Any]:
+    """Fill the tmpfs at ``root`` with read-only binds of what Python needs."""
+    def source(path: str) -> str:
+        return f"/proc/self/fd/{plan['handles'][path]}"
+
+    for path, target in plan["links"].items():
+        os.symlink(target, root + path)
+    for path in plan["dirs"]:
+        os.makedirs(root + path, mode=0o755, exist_ok=True)
+        _bind_readonly(source(path), root + path)
+    for path in ("/etc", "/dev", "/proc", WORKDIR):
+        os.makedirs(root + path, mode=0o755, exist_ok=True)
+    os.chmod(root + "/tmp", 0o711)  # each program's tmpfs goes on /tmp/work; /tmp itself is not listable
+    for path in plan["files"]:
+        open(root + path, "w").close()
+        if path.startswith("/dev/"):  # device nodes stay writable (/dev/null, ...)
+            mount(source(path), root + path, None, MS_BIND)
+        else:
+            _bind_readonly(source(path), root + path)
+    for link, target in (("/dev/fd", "/proc/self/fd"), ("/dev/stdin", "/proc/self/fd/0"),
+                         ("/dev/stdout", "/proc/self/fd/1"), ("/dev/stderr", "/proc/self/fd/2"),
+                         ("/dev/shm", "/tmp"), ("/var/tmp", "/tmp"), ("/run", "/tmp")):
+        os.makedirs(os.path.dirname(root + link), mode=0o755, exist_ok=True)
+        os.symlink(target, root + link)
+    for path in plan["masked"]:  # our packages, or hide_paths, inside a bound prefix
+        mount("tmpfs", root + path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k")
+    return {"bound": plan["dirs"], "masked": plan["masked"]}
+
+
+def isolate_worker(hidden: list[str] = ()) -> dict[str, Any]:
+    """Move this (single-threaded, root) process into its own net+mount namespaces and minimal root."""
     if os.geteuid() != 0:
         raise SandboxUnavailable("the code sandbox needs root (it creates network/mount namespaces and runs "
                                  "each program under its own unprivileged uid); run as root, e.g. in a "
@@ -96,27 +394,22 @@ def isolate_worker(hidden_paths: list[str]) -> dict[str, object]:
         raise SandboxUnavailable(f"cannot create network/mount namespaces ({exc}); the code sandbox needs "
                                  f"CAP_SYS_ADMIN, or pass unsafe_no_sandbox=True / --unsafe-no-sandbox") from None
     mount(None, "/", None, MS_REC | MS_PRIVATE)
-    hidden = [p for p in (os.path.realpath(h) for h in hidden_paths) if os.path.isdir(p) and p != "/"]
-    needed = _needed_paths()
-    scratch = [p for p in SCRATCH_DIRS if os.path.isdir(p)]
-    # Bind sources must be reachable after their parents are covered: a venv under a
-    # home dir, or under /tmp (a fresh clone, CI), stays importable read-only.
-    covered = hidden + [os.path.realpath(p) for p in scratch]
-    keep = {p: os.open(p, os.O_PATH) for p in needed if any(_within(p, h) for h in covered)}
-    for path in sorted(set(hidden)):
-        if any(_within(path, h) and path != h for h in hidden):
-            continue  # already under another hidden path
-        mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
-    for path in scratch:
-        mode = "0711" if path == "/tmp" else "0755"
-        mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, f"mode={mode},size={SCRATCH_SIZE}")
-    for path, fd in keep.items():
-        os.makedirs(path, mode=0o755, exist_ok=True)
-        mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
-        mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
-        os.close(fd)
-    mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY)
-    return {"hidden": hidden, "rebound": sorted(keep)}
+    plan = _root_plan([os.path.realpath(p) for p in hidden])
+    try:
+        # The new root lives on a tmpfs mounted over /tmp (of this namespace only).
+        mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=8m")
+        root = "/tmp/root"
+        os.mkdir(root, 0o755)
+        mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
+        view = _build_root(root, plan)
+        _pivot_root(root)
+        mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    except OSError as exc:
+        raise SandboxUnavailable(f"cannot build the sandbox's root filesystem ({exc})") from None
+    finally:
+        for fd in plan["handles"].values():
+            os.close(fd)
+    return view
 
 
 def detach_worker() -> None:
@@ -128,6 +421,32 @@ def detach_worker() -> None:
         pass
     prctl(PR_SET_CHILD_SUBREAPER, 1)
 
+
+class PidNamespaces:
+    """Gives each forked program a PID namespace of its own (``unshare`` before
+    the fork, back to the worker's own after it)."""
+
+    def __init__(self) -> None:
+        self.own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        try:  # one real round, so that a kernel that refuses says so here, not at a program's fork
+            self.next_fork()
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+            self.after_fork()
+            os.waitpid(pid, 0)
+        except OSError:
+            os.close(self.own)
+            raise
+
+    def next_fork(self) -> None:
+        unshare(CLONE_NEWPID)
+
+    def after_fork(self) -> None:
+        setns(self.own, CLONE_NEWPID)
+
+
+# --------------------------------------------------------------------------- in the forked child
 
 @dataclass(frozen=True)
 class Limits:
@@ -142,8 +461,52 @@ def _set_limit(which: int, value: int) -> None:
     resource.setrlimit(which, (value, value))
 
 
-def enter_sandbox(uid: int | None, workdir: str, limits: Limits) -> None:
-    """In a freshly forked child: own process group, rlimits, then drop to ``uid``.
+def _keyring_filter() -> bytes | None:
+    """A seccomp BPF program: keyring system calls fail with EPERM, the rest pass."""
+    arch = _KEYRING_SYSCALLS.get(platform.machine())
+    if arch is None:
+        return None
+    audit_arch, numbers = arch
+    ld_w_abs, jeq_k, jge_k, ret_k = 0x20, 0x15, 0x35, 0x06
+    allow, deny = 0x7FFF0000, 0x00050000 | 1  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | EPERM
+    n = len(numbers)
+    # Jump offsets count from the next instruction; the last one is "deny".
+    insns = [(ld_w_abs, 0, 0, 4),                      # arch
+             (jeq_k, 1, 0, audit_arch),
+             (ret_k, 0, 0, allow),                     # another ABI: not ours to filter
+             (ld_w_abs, 0, 0, 0),                      # system call number
+             (jge_k, n + 1, 0, 0x40000000)]            # x32 numbers: refuse
+    insns += [(jeq_k, n - i, 0, nr) for i, nr in enumerate(numbers)]
+    insns += [(ret_k, 0, 0, allow), (ret_k, 0, 0, deny)]
+    return b"".join(struct.pack("HBBI", *i) for i in insns)
+
+
+_KEYRING_FILTER = _keyring_filter()
+
+
+def _install_seccomp(program: bytes) -> None:
+    buf = ctypes.create_string_buffer(program)
+    fprog = struct.pack("HxxxxxxQ", len(program) // 8, ctypes.addressof(buf))
+    arg = ctypes.create_string_buffer(fprog)
+    _check(_libc.prctl(ctypes.c_int(PR_SET_SECCOMP), ctypes.c_ulong(2), ctypes.c_void_p(ctypes.addressof(arg)),
+                       ctypes.c_ulong(0), ctypes.c_ulong(0)), "seccomp")
+
+
+def enter_program_sandbox(uid: int | None, limits: Limits, fresh_proc: bool, seccomp: bool = True) -> str:
+    """In a freshly forked program (already in its cgroup and PID namespace): own
+    IPC+mount namespaces with a fresh /tmp/work (and /proc, when in a PID namespace of
+    its own), then ``drop_privileges``. Returns the working directory."""
+    unshare(CLONE_NEWNS | CLONE_NEWIPC)
+    # On /tmp/work, not over /tmp: a venv under /tmp (a CI checkout) stays visible.
+    owner = f",uid={uid},gid={uid}" if uid is not None else ""
+    mount("tmpfs", WORKDIR, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=0700,size={SCRATCH_SIZE}{owner}")
+    if fresh_proc:
+        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    return drop_privileges(uid, WORKDIR, limits, seccomp)
+
+
+def drop_privileges(uid: int | None, workdir: str | None, limits: Limits, seccomp: bool = True) -> str:
+    """Own process group, rlimits, keyring filter, then ``uid`` for good.
 
     A process group, not a session: the worker already left its terminal's
     session (``detach_worker``), and ``setsid`` costs milliseconds per call
@@ -158,12 +521,17 @@ def enter_sandbox(uid: int | None, workdir: str, limits: Limits) -> None:
     _set_limit(resource.RLIMIT_CORE, 0)
     if uid is not None:  # counted per uid: only meaningful for a uid of our own
         _set_limit(resource.RLIMIT_NPROC, limits.processes)
-    os.chdir(workdir)
+    if workdir is not None:
+        os.chdir(workdir)
     if uid is not None:
         os.setgroups([])
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
     prctl(PR_SET_NO_NEW_PRIVS, 1)
+    if seccomp and uid is not None and _KEYRING_FILTER is not None:
+        _install_seccomp(_KEYRING_FILTER)
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     # The pool already started the worker with a minimal environment (no secrets).
-    os.environ["HOME"] = os.environ["TMPDIR"] = workdir
+    home = workdir or os.getcwd()
+    os.environ["HOME"] = os.environ["TMPDIR"] = home
+    return home

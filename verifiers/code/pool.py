@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from . import wire
-from .isolation import SandboxUnavailable, default_hidden_paths
+from .isolation import UID_BASE, SandboxUnavailable, allocate_uid_range
 from .spec import CodeTests, CodeVerdict, extract_code
+from .worker import WALL_FACTOR, WALL_SLACK_S
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BASE_UID = 1_000_000
+DEFAULT_BASE_UID = UID_BASE  # the first of the ranges pools allocate
 # The worker enforces each job's timeout; this margin only catches a wedged worker.
 WATCHDOG_MARGIN_S = 30.0
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
@@ -74,27 +75,43 @@ class SandboxPool:
 
     workers: fork-server processes (default: usable CPU cores). Each runs one
         program at a time under its own pair of uids (``base_uid + 2*slot``, +1).
-    hide_paths: directories to hide behind empty tmpfs in addition to the
-        defaults (home directories, ``$FACTORY_HOME`` or ``./.factory``).
+    hide_paths: directories to mask even where they lie inside what the
+        sandbox sees (the interpreter's prefixes); nothing else of the host is
+        visible anyway (see ``isolation``).
     unsafe_no_sandbox: run without namespaces or uid switch (rlimits, process
         groups, temp dirs and the split test/program processes remain). Only
         for machines where the sandbox cannot be set up and the code is trusted.
+    base_uid: first uid of the pool's range; default: a free range is
+        allocated (a lock file per range), so concurrent pools never share uids.
     pin_workers: pin worker i (and its sandboxes) to the i-th usable core.
+    without_layers: isolation layers to switch off ("cgroup", "pidns",
+        "program_ns", "seccomp"), only to measure what each costs; never for
+        untrusted code.
+
+    ``info`` (after ``start``) says which isolation layers are on and why any is off.
     """
 
     def __init__(self, workers: int | None = None, *, hide_paths: Sequence[str] = (),
-                 unsafe_no_sandbox: bool = False, base_uid: int = DEFAULT_BASE_UID,
-                 pin_workers: bool = True) -> None:
+                 unsafe_no_sandbox: bool = False, base_uid: int | None = None,
+                 pin_workers: bool = True, without_layers: Sequence[str] = ()) -> None:
         workers = workers if workers is not None else len(os.sched_getaffinity(0))
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers: expected an integer >= 1, got {workers!r}")
-        if isinstance(base_uid, bool) or not isinstance(base_uid, int) or not 1000 <= base_uid < 2**31 - 2 * workers:
+        if base_uid is not None and (isinstance(base_uid, bool) or not isinstance(base_uid, int)
+                                     or not 1000 <= base_uid < 2**31 - 2 * workers):
             raise ValueError(f"base_uid: expected an integer in [1000, 2**31), got {base_uid!r}")
         self.size = workers
+        self.base_uid = base_uid
+        unknown = set(without_layers) - {"cgroup", "pidns", "program_ns", "seccomp"}
+        if unknown:
+            raise ValueError(f"without_layers: expected cgroup/pidns/program_ns/seccomp, got {sorted(unknown)!r}")
         self.config = {"unsafe": bool(unsafe_no_sandbox), "base_uid": base_uid, "pin": bool(pin_workers),
-                       "hidden": default_hidden_paths() + [os.path.realpath(p) for p in hide_paths]}
+                       "without": sorted(without_layers),
+                       "hidden": [os.path.realpath(p) for p in hide_paths]}
         self.workers: list[_Worker] = []
         self.info: dict[str, Any] = {}
+        self._uid_lock: int | None = None
+        self._cgroups: set[str] = set()
 
     def __enter__(self) -> SandboxPool:
         return self.start()
@@ -106,24 +123,44 @@ class SandboxPool:
         if self.workers:
             return self
         try:
+            if self.base_uid is None and not self.config["unsafe"] and os.geteuid() == 0:
+                self.config["base_uid"], self._uid_lock = allocate_uid_range(2 * self.size)
             self.workers = [_Worker(i, {**self.config, "slot": i}) for i in range(self.size)]
             for worker in self.workers:
-                self.info = worker.ready()
+                self._ready(worker)
         except BaseException:
             self.close()
             raise
         return self
 
+    def _ready(self, worker: _Worker) -> None:
+        first = not self.info
+        self.info = worker.ready()
+        self._cgroups.update(self.info.get("cgroup_paths", ()))
+        for layer, state in self.info.get("layers", {}).items():
+            if first and state.startswith("off:") and state != "off: disabled":
+                log.warning("code sandbox: layer %s is %s; continuing without it", layer, state)
+
     def close(self) -> None:
         for worker in self.workers:
             worker.close()
         self.workers = []
+        for path in sorted(self._cgroups):  # empty once the workers are gone
+            try:
+                os.rmdir(path)
+            except OSError as exc:
+                log.debug("cgroup %s not removed: %s", path, exc)
+        self._cgroups.clear()
+        if self._uid_lock is not None:
+            os.close(self._uid_lock)  # the uid range is free again
+            self._uid_lock = None
+            self.config["base_uid"] = self.base_uid
 
     def _restart(self, worker: _Worker) -> _Worker:
         worker.proc.kill()
         worker.close()
         fresh = _Worker(worker.slot, {**self.config, "slot": worker.slot})
-        fresh.ready()
+        self._ready(fresh)
         self.workers[worker.slot] = fresh
         return fresh
 
@@ -201,7 +238,8 @@ def _check_limits(timeout_s: float, memory_mb: int) -> None:
 
 def _watchdog(job: dict[str, Any]) -> float:
     cases = len(job["tests"].get("cases", ())) or 1
-    return job["timeout_s"] * cases + WATCHDOG_MARGIN_S
+    # A job's own limit is CPU time, with the wall clock at WALL_FACTOR times it.
+    return (job["timeout_s"] * WALL_FACTOR + WALL_SLACK_S) * cases + WATCHDOG_MARGIN_S
 
 
 def _crashed(job: dict[str, Any], why: str) -> CodeVerdict:

@@ -103,6 +103,12 @@ class CodeTests:
         if kind == "asserts" or (kind is None and ("asserts" in d or "test_list" in d)):
             asserts = d.get("asserts", d.get("test_list", []))
             setup = d.get("setup", d.get("test_setup_code", "")) or ""
+            # MBPP's declared imports (``math`` in ``math.isclose``) run as trusted setup,
+            # so the name is never the program's.
+            imports = d.get("test_imports") or []
+            if isinstance(imports, str) or not all(isinstance(i, str) for i in imports):
+                raise ValueError(f"test_imports: expected a list of import statements, got {imports!r:.200}")
+            setup = "\n".join([*imports, setup]) if imports else setup
             return cls.from_asserts(list(asserts), setup, entry_point)
         if kind == "stdio" or (kind is None and ("cases" in d or "inputs" in d or "input_output" in d)):
             return cls.stdio(_stdio_cases(d))
@@ -147,6 +153,11 @@ class CodeVerdict:
     detail: str = ""
     duration_s: float = 0.0
 
+    def __post_init__(self) -> None:
+        # The detail quotes the program (its exceptions, its output): lone
+        # surrogates become escapes, so every store can encode it as UTF-8.
+        object.__setattr__(self, "detail", valid_utf8(self.detail))
+
     def to_dict(self) -> dict[str, Any]:
         return {"passed": self.passed, "status": self.status, "passed_cases": self.passed_cases,
                 "total_cases": self.total_cases, "detail": self.detail, "duration_s": self.duration_s}
@@ -164,6 +175,15 @@ class CodeVerdict:
         score = self.passed_cases / self.total_cases if self.total_cases else 0.0
         reason = f"{self.status}: {self.detail}" if self.detail else self.status
         return Verdict(False, reason, score, details)
+
+
+def valid_utf8(text: str) -> str:
+    """``text`` with what UTF-8 cannot encode (lone surrogates) escaped as ``\\udXXX``."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 _FENCE = re.compile(r"^[ \t]*```[ \t]*([^\n`]*)\n(.*?)^[ \t]*```[ \t]*$", re.S | re.M)

@@ -10,13 +10,14 @@ final answer alone. See ``.helpers/README_math.md`` for what is understood.
 """
 
 from verifiers.math.batch import DEFAULT_TIMEOUT_S, verify_batch
-from verifiers.math.check import compare_answers, verify
+from verifiers.math.check import POLICIES, compare_answers, verify
 from verifiers.math.extract import extract_answer, find_answer
 from verifiers.math.verdict import MathVerdict
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
     "MathVerdict",
+    "POLICIES",
     "compare_answers",
     "extract_answer",
     "find_answer",

@@ -15,6 +15,7 @@ busy pipe. Results come back in input order.
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import os
@@ -24,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
-from verifiers.math.check import verify
+from verifiers.math.check import POLICIES, verify
 from verifiers.math.verdict import MathVerdict
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ def verify_batch(
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     check: Check = verify,
+    policy: str = "strict",
 ) -> list[MathVerdict]:
     """Verify ``(gold, response)`` pairs on ``workers`` processes, in input order.
 
@@ -57,6 +59,7 @@ def verify_batch(
     chunk_size: items sent to a worker at once (fewer messages, same timeouts).
     check:      the per-item function, ``verify`` by default; must be picklable
                 (a module-level function) because workers import it by name.
+    policy:     ``strict`` or ``lenient``, passed to ``verify`` (see :mod:`verifiers.math.check`).
     """
     items = [(str(gold), str(response)) for gold, response in pairs]
     workers = _resolve_workers(workers)
@@ -64,6 +67,10 @@ def verify_batch(
         raise ValueError(f"timeout_s: expected a number > 0, got {timeout_s!r}")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size: expected an integer >= 1, got {chunk_size!r}")
+    if policy not in POLICIES:
+        raise ValueError(f"policy: expected one of {', '.join(POLICIES)}, got {policy!r}")
+    if check is verify and policy != "strict":
+        check = functools.partial(verify, policy=policy)
     if not items:
         return []
     pool = _Pool(min(workers, len(items)), float(timeout_s), chunk_size, check)
@@ -94,9 +101,9 @@ def _worker_main(connection: Connection, check: Check) -> None:
         for index, gold, response in chunk:
             try:
                 verdict = check(gold, response)
-                message = (index, verdict.correct, verdict.extracted, verdict.reason)
+                message = (index, verdict.correct, verdict.extracted, verdict.reason, verdict.rule)
             except Exception as error:  # a bug must not take the batch down
-                message = (index, None, None, f"worker_error: {type(error).__name__}: {error}")
+                message = (index, None, None, f"worker_error: {type(error).__name__}: {error}", None)
             connection.send(message)
 
 
@@ -190,9 +197,9 @@ class _Pool:
         if message == "ready":
             worker.ready = True
             return 0
-        index, correct, extracted, reason = message  # type: ignore[misc]
+        index, correct, extracted, reason, rule = message  # type: ignore[misc]
         worker.outstanding.popleft()
-        self.results[index] = MathVerdict(correct, extracted, reason)
+        self.results[index] = MathVerdict(correct, extracted, reason, rule)
         return 1
 
     def _expire(self) -> int:

@@ -15,6 +15,7 @@ ask sympy.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable
@@ -59,7 +60,9 @@ def _same(gold: Answer, answer: Answer) -> Decision:
     if isinstance(gold, Text) or isinstance(answer, Text):
         return Decision(_text(gold) == _text(answer), "text")
     if isinstance(answer, Equation) and not isinstance(gold, Equation):
-        if _is_variable(answer.lhs):
+        # "x = 5", "(x, y) = (5, 8)", and a worked chain "3! \\times 5! = 720": the last
+        # right-hand side is the value stated. Not "x^2 - 4 = 0" for 0: that is an equation.
+        if _is_variable(answer.lhs) or _is_constant(answer.lhs):
             return _same(gold, answer.rhs)
         return NOT_EQUAL
     if isinstance(gold, Equation):
@@ -91,14 +94,24 @@ def _text(answer: Answer) -> str | None:
     return None
 
 
+# A left side that names a tuple of unknowns: "(x, y)", "(a,b,c)", "(x_1, \\theta)".
+_NAME = r"(?:[A-Za-z]|\\[a-zA-Z]+)(?:_\{?\w+\}?)?'*"
+_NAME_TUPLE = re.compile(r"[(\[]\s*%s(?:\s*,\s*%s)+\s*[)\]]" % (_NAME, _NAME))
+
+
 def _is_variable(expr: Expr) -> bool:
-    """``x``, ``y_1``, ``\\theta``, ``f(x)``: a left side that only names the answer."""
+    """``x``, ``y_1``, ``\\theta``, ``f(x)``, ``(x, y)``: a left side that only names the answer."""
     node = expr.node
     if node is None:
-        return False
+        return _NAME_TUPLE.fullmatch(expr.text.strip()) is not None
     if node[0] == "sym":
         return True
     return node[0] == "mul" and node[1][0] == "sym" and node[2][0] == "sym"
+
+
+def _is_constant(expr: Expr) -> bool:
+    """A left side with no letters: the start of a worked chain such as ``3! \\times 5! = 720``."""
+    return expr.node is not None and not latex.symbols(expr.node)
 
 
 def _equation(gold: Equation, answer: Answer) -> Decision:
@@ -106,6 +119,7 @@ def _equation(gold: Equation, answer: Answer) -> Decision:
         if (
             isinstance(gold.rhs, Expr) and isinstance(answer.rhs, Expr)
             and gold.lhs.node is not None and answer.lhs.node is not None
+            and gold.rhs.node is not None and answer.rhs.node is not None
         ):
             if gold.lhs.node == answer.lhs.node and _is_variable(gold.lhs):
                 return _same(gold.rhs, answer.rhs)

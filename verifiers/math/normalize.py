@@ -79,7 +79,12 @@ _LATEX_REWRITES = (
     (re.compile(r"\\(?:left|right|bigg|Bigg|big|Big)[lr]?(?![a-zA-Z])"), ""),
     (re.compile(r"\\(?:le|leq|leqslant)(?![a-zA-Z])"), r"\\le "),
     (re.compile(r"\\(?:ge|geq|geqslant)(?![a-zA-Z])"), r"\\ge "),
-    (re.compile(r"\\(?:neq|ne)(?![a-zA-Z])"), r"\\neq "),
+    (re.compile(r"\\(?:neq|ne)(?![a-zA-Z])|!="), r"\\neq "),
+    # ASCII relations: ">=" must not be read as an equation with the left side "x >".
+    (re.compile(r">="), r"\\ge "),
+    (re.compile(r"<="), r"\\le "),
+    (re.compile(r"\\lt(?![a-zA-Z])"), "<"),
+    (re.compile(r"\\gt(?![a-zA-Z])"), ">"),
     (re.compile(r"\\(?:lbrace)(?![a-zA-Z])"), r"\\{"),
     (re.compile(r"\\(?:rbrace)(?![a-zA-Z])"), r"\\}"),
 )
@@ -91,14 +96,15 @@ _SPACING = re.compile(r"(?<!\\)\\[,;: ]|\\q?quad(?![a-zA-Z])|~")
 _RUNS_OF_SPACE = re.compile(r"\s+")
 # A space matters only between two alphanumerics (``2 3``, ``\cot x``).
 _INSIGNIFICANT_SPACE = re.compile(r" (?![0-9A-Za-z])|(?<![0-9A-Za-z]) ")
-_PERCENT = re.compile(r"\s*(?:\\%|%|\\text\{\s*percent\s*\}|\s+percent)\s*$")
+_PERCENT = re.compile(r"\s*(?:\\%|%|\\text\{\s*(?:percent|pct)\.?\s*\}|\s+(?:percent|pct)\.?)\s*$")
 _TEXT_COMMAND = re.compile(r"\\(?:text|textrm|textnormal|mbox|mathrm|textbf|mathbf|textit|emph|textsf)\s*\{([^{}]*)\}")
 _UNIT_POWER = r"(?:\s*\^\s*(?:\{\s*[23]\s*\}|[23]))?"
 # Possessive throughout: with plain quantifiers a word can split into any letters and the
 # spaces between two groups, which backtracks exponentially on a long line of prose.
 _TRAILING_WORDS = re.compile(r"(?<=[\d}\s)])\s*+((?:[A-Za-z]++\.?+\s*+(?:\^\s*+\{?+[23]\}?+\s*+)?+)++)$")
 _CONNECTIVES = re.compile(r"\\text\{\s*(?:and|or|,)\s*\}|\s+(?:and|or)\s+")
-_TOP_LEVEL_THOUSANDS = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+# A leading group of 0 is never thousands: "0,111" is a decimal comma (verifiers.math.check).
+_TOP_LEVEL_THOUSANDS = re.compile(r"[-+]?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?")
 _SPACED_THOUSANDS = re.compile(r"[-+]?\d{1,3}(?: \d{3})+(?:\.\d+)?")
 
 

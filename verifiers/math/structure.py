@@ -102,6 +102,9 @@ def read(normalized: Normalized) -> Answer | None:
 
 def read_text(text: str) -> Answer:
     text = text.strip()
+    if not text:
+        # An empty part ("a \\cup", "1,,2") is malformed, not a value.
+        return Expr(text, None, "syntax: empty part")
     choice = _CHOICE.fullmatch(text)
     if choice is not None:
         return Choice((choice.group(1) or choice.group(2)).upper())

@@ -11,13 +11,18 @@ class MathVerdict:
     """Whether a response reaches the reference answer.
 
     ``correct`` is ``True`` or ``False`` when the verifier could decide, and
-    ``None`` when it could not (no answer found, unparsable, timed out), so a
-    caller can tell "wrong" from "unknown" and drop or re-check the latter.
+    ``None`` when it could not (no answer found, unparsable, timed out, an
+    internal ``error``), so a caller can tell "wrong" from "unknown" and drop or
+    re-check the latter.
     """
 
     correct: bool | None
     extracted: str | None
     reason: str
+    # Which extraction rule found the answer (``boxed``, ``answer_tag``, ``gsm8k``,
+    # ``answer_is``, ``answer_line``, ``final_line``, ``boxed_set``; lenient only:
+    # ``last_math``, ``last_number``); None when no answer was found.
+    rule: str | None = None
 
     @property
     def code(self) -> str:
