@@ -104,7 +104,12 @@ def read_jsonl(path: Path, limit: int | None = None) -> Iterator[dict[str, Any]]
 
 
 def _loads(line: str) -> Any:
-    return _ORJSON_LOADS(line) if _ORJSON_LOADS is not None else json.loads(line)
+    if _ORJSON_LOADS is not None:
+        try:
+            return _ORJSON_LOADS(line)
+        except ValueError:
+            pass  # orjson refuses what json accepts (lone surrogate escapes): the standard library decides
+    return json.loads(line)
 
 
 try:  # orjson parses 2-3x faster; the standard library reads the same files

@@ -32,6 +32,7 @@ from factory.errors import RecipeError, StoreError
 from factory.recipe import GenerateRecipe, ReplayOptions, SourceConfig, resolve_data_path
 from factory.sources import read_rows, tests_text
 from factory.store import MESSAGE, SAMPLE_SCHEMA, RunStore, make_sample_id, utc_now, visible_shards, write_parquet_atomically
+from factory.text import escape_surrogates_in
 from factory.teachers.traces import detect_shape, normalise_thinking, reference_of, traces_of, unrecognised
 
 log = logging.getLogger(__name__)
@@ -194,7 +195,10 @@ class _Columns:
             if field.name in self.columns:
                 values = self.columns[field.name]
                 type_ = pa.list_(MESSAGE) if field.name == "prompt_messages" else field.type
-                arrays.append(pa.array(values, type=type_))
+                try:
+                    arrays.append(pa.array(values, type=type_))
+                except (pa.ArrowException, UnicodeEncodeError):  # lone surrogates from JSON escapes: stored escaped
+                    arrays.append(pa.array(escape_surrogates_in(values), type=type_))
             elif field.name == "created_at":
                 arrays.append(pa.array([now_us] * n, type=pa.int64()).cast(field.type))
             elif field.name in constant:
@@ -280,4 +284,4 @@ def _alive(pid: int) -> bool:
 
 
 def _text_id(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
