@@ -154,6 +154,8 @@ def filter_(
     recipe: Annotated[str | None, typer.Option("--recipe", help="Take filters from this recipe instead of the run's.")] = None,
     only: Annotated[list[str] | None, typer.Option("--only", help="Run only these steps (repeatable).")] = None,
     recompute: Annotated[bool, typer.Option("--recompute", help="Recompute verdicts that already exist.")] = False,
+    workers: Annotated[int | None, typer.Option("--workers", help="Worker processes (default: the recipe's, else one per core).")] = None,
+    executor: Annotated[str | None, typer.Option("--executor", help="local (default) or ray (pip install -e \".[ray]\").")] = None,
     quiet: Quiet = False,
 ) -> None:
     """Apply the run's filters (format, language, readability, correctness, judge, dedup, decontam) and select k per prompt.
@@ -162,7 +164,8 @@ def filter_(
     """
     from factory.filter import run_filter
 
-    report = run_filter(run, recipe=recipe, only=only, recompute=recompute, progress=not quiet)
+    report = run_filter(run, recipe=recipe, only=only, recompute=recompute, progress=not quiet, workers=workers,
+                        executor=executor)  # type: ignore[arg-type]
     table = Table(title=f"filter funnel — run '{report.run}'")
     for col in ("step", "in", "passed", "rejected", "unverifiable", "computed", "reused"):
         table.add_column(col, justify="left" if col == "step" else "right")
@@ -196,11 +199,13 @@ def mix(
 
     report = run_mix(recipe, overrides)
     table = Table(title=f"mix → dataset '{report.dataset}' ({report.samples} samples)")
-    for col in ("run", "quota", "curated", "taken"):
+    for col in ("run", "quota", "curated", "duplicates dropped", "taken"):
         table.add_column(col, justify="right" if col != "run" else "left")
     for c in report.components:
-        table.add_row(c.run, str(c.quota), str(c.available), str(c.taken))
+        table.add_row(c.run, str(c.quota), str(c.available), str(c.duplicates_dropped), str(c.taken))
     out.print(table)
+    if report.duplicates_dropped:
+        out.print(f"dropped {report.duplicates_dropped} exact prompt+response duplicates across runs (dedup_exact: false keeps them)")
     out.print(f"written to {report.path}")
 
 

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("FACTORY_HOME", str(REPO / ".factory"))
 
-from factory.distill import demo_sft_rows, run_distill  # noqa: E402
+from factory.distill import _checkpointing_flag, demo_sft_rows, run_distill  # noqa: E402
 from factory.models import resolve_model  # noqa: E402
 from factory.recipe import load_recipe  # noqa: E402
 
@@ -121,7 +121,6 @@ def run_trl(data: Path, out: Path, *, steps: int, batch: int, max_len: int, lr: 
         packing=packing,
         packing_strategy="bfd",
         max_length=max_len,
-        activation_checkpointing=False,
         bf16=False,
         save_strategy="no",
         report_to="none",
@@ -129,6 +128,7 @@ def run_trl(data: Path, out: Path, *, steps: int, batch: int, max_len: int, lr: 
         disable_tqdm=True,
         dataloader_pin_memory=False,
         seed=0,
+        **_checkpointing_flag(SFTConfig, False),  # spelled per transformers version
     )
     trainer = CountingSFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
     trainer.remove_callback(PrinterCallback)

@@ -21,6 +21,13 @@ loop. A saturation row (latency 0) shows the client's per-request CPU cost.
     python benchmarks/bench_generate.py --with-store
 
 Numbers are noisy on a shared machine: the server and the client share its cores.
+
+`--backend vllm openai-vllm transformers` instead compares real engines side by side on the same
+tiny-model recipe (tiny-r1, the arithmetic prompts), timing `run_generate` (what `factory generate`
+runs) with the engine already loaded; load time is reported apart. Needs vLLM (the CPU build:
+README, "Real teachers"):
+
+    .venv-vllm/bin/python benchmarks/bench_generate.py --backend vllm openai-vllm transformers
 """
 
 from __future__ import annotations
@@ -333,6 +340,117 @@ def _format_row(row: dict[str, Any]) -> str:
     )
 
 
+# ---------------------------------------------------------------- real engines side by side
+ENGINE_RECIPE = """\
+kind: generate
+name: bench_{label}
+sources:
+  - {{name: arith, path: {prompts}, fields: {{id: id, prompt: problem, reference: answer}}, task_type: math}}
+teacher:
+  role: r1_zero
+  backend: {backend}
+  model: tiny-r1
+  transformers: {{batch_size: 32}}
+  vllm: {{dtype: float32, max_model_len: 1024, gpu_memory_utilization: 0.05, batch_size: 512}}
+  openai: {{endpoints: ["{url}"], concurrency: 64}}
+template: {{user: "{{prompt}} Put the final answer in \\\\boxed{{{{}}}}."}}
+sampling: {{n: {n}, temperature: 0.7, top_p: 0.95, max_new_tokens: {tokens}, seed: 1}}
+output: {{dataset: bench_{label}}}
+"""
+
+
+def _engine_home() -> Path:
+    """A private FACTORY_HOME whose models/ are the shared tiny models (built once)."""
+    from factory.models import ensure_model
+
+    ensure_model("tiny-r1")
+    from factory.paths import factory_home
+
+    models = factory_home() / "models"
+    home = Path(tempfile.mkdtemp(prefix="bench-generate-"))
+    (home / "models").symlink_to(models, target_is_directory=True)
+    os.environ["FACTORY_HOME"] = str(home)
+    return home
+
+
+def _start_vllm_server(model_dir: Path, port: int, log_path: Path) -> subprocess.Popen:
+    import urllib.request
+
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir), "--served-model-name", "tiny-r1",
+               "--reasoning-parser", "deepseek_r1", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+               "--max-model-len", "1024", "--gpu-memory-utilization", "0.05"]
+    proc = subprocess.Popen(command, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"vllm server exited {proc.returncode}; see {log_path}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2):
+                return proc
+        except OSError:
+            time.sleep(1)
+    raise SystemExit(f"vllm server not up in 900 s; see {log_path}")
+
+
+def compare_backends(backends: list[str], *, prompts: int, n: int, tokens: int) -> list[dict[str, Any]]:
+    import random
+    import signal
+
+    from factory.generate import run_generate
+    from factory.models import arithmetic_problem
+    from factory.recipe import load_recipe
+    from factory.teachers import build_teacher
+
+    home = _engine_home()
+    rng = random.Random(5)
+    prompt_file = home / "prompts.jsonl"
+    lines = []
+    for i in range(prompts):
+        problem, value, _ = arithmetic_problem(rng)
+        lines.append(json.dumps({"id": f"q{i}", "problem": problem, "answer": str(value)}))
+    prompt_file.write_text("\n".join(lines) + "\n")
+    rows = []
+    for label in backends:
+        server = None
+        port = _free_port()
+        backend = "openai" if label == "openai-vllm" else label
+        recipe_path = home / f"bench_{label}.yaml"
+        recipe_path.write_text(ENGINE_RECIPE.format(label=label.replace("-", "_"), prompts=prompt_file, backend=backend,
+                                                    url=f"http://127.0.0.1:{port}/v1", n=n, tokens=tokens))
+        started = time.perf_counter()
+        if label == "openai-vllm":
+            server = _start_vllm_server(home / "models" / "tiny-r1", port, home / "vllm-server.log")
+        teacher = build_teacher(load_recipe(str(recipe_path)).teacher)
+        try:
+            teacher.check()  # loads the model (vllm, transformers) or reaches the server (openai)
+            load_s = time.perf_counter() - started
+            report = run_generate(str(recipe_path), progress=False, teacher=teacher)
+        finally:
+            teacher.close()
+            if server is not None:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
+        row = {
+            "backend": label, "load_s": load_s, "samples": report.generated, "errors": report.errors,
+            "completion_tokens": report.completion_tokens, "seconds": report.seconds,
+            "tokens_per_s": report.completion_tokens / report.seconds, "samples_per_s": report.samples_per_s,
+        }
+        rows.append(row)
+        print(f"{label:>14} {row['load_s']:>8.1f} {row['samples']:>8} {row['seconds']:>8.1f} "
+              f"{row['tokens_per_s']:>10.0f} {row['samples_per_s']:>10.2f}", flush=True)
+    base = next((r for r in rows if r["backend"] == "transformers"), None)
+    if base:
+        for row in rows:
+            row["tokens_per_s_vs_transformers"] = row["tokens_per_s"] / base["tokens_per_s"]
+    return rows
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests and one repeat")
@@ -344,9 +462,25 @@ def main() -> None:
                         "amortise the one-off connection set-up, as a long run does")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--serve-port", type=int, help=argparse.SUPPRESS)  # internal: be the fast server
+    parser.add_argument("--backend", nargs="+", choices=["vllm", "openai-vllm", "transformers"],
+                        help="compare real engines on tiny-r1 instead of the latency sweep")
+    parser.add_argument("--prompts", type=int, default=32, help="--backend: prompts (x n samples)")
+    parser.add_argument("--n", type=int, default=4, help="--backend: samples per prompt")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="--backend: tokens per sample")
     args = parser.parse_args()
     if args.serve_port:
         serve_fast(args.serve_port, args.latency)
+        return
+    if args.backend:
+        print(f"tiny-r1, {args.prompts} prompts x n={args.n}, max_new_tokens {args.max_new_tokens}; run_generate timed after load")
+        print(f"{'backend':>14} {'load s':>8} {'samples':>8} {'gen s':>8} {'tokens/s':>10} {'samples/s':>10}", flush=True)
+        rows = compare_backends(args.backend, prompts=args.prompts, n=args.n, tokens=args.max_new_tokens)
+        out = args.out if args.out != RESULTS else RESULTS.with_name("generate_backends.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"benchmark": "generate_backends", "rows": rows, "prompts": args.prompts, "n": args.n,
+                                   "max_new_tokens": args.max_new_tokens, "cpus": os.cpu_count(),
+                                   "note": "shared 2-core machine; numbers are noisy"}, indent=2))
+        print(f"wrote {out}")
         return
     rounds, repeats, sat_total = (5, 1, 1000) if args.quick else (20, 2, 4000)
     rounds = args.rounds or rounds

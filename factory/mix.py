@@ -4,11 +4,19 @@ The paper's mix is ~600K reasoning + ~200K non-reasoning samples; a mix
 recipe states those quotas at paper scale and a `scale` for small runs. Within
 each component, samples are drawn proportionally across strata (task type,
 source, teacher role) so a small mix keeps the shape of a large one.
+
+Memory: the draw works on compact rows (id, strata, a 16-byte key of prompt + response);
+text is read back from the run shards only for the drawn samples, a window of rows at a
+time, so a mix of any size is written with bounded memory. With ``dedup_exact`` (default)
+a sample whose prompt and response equal one already in the mix is dropped, counted per
+component in the report.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import random
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -16,12 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from factory.errors import FactoryError, RecipeError
 from factory.filter import read_accepted_ids
 from factory.paths import factory_home, runs_dir
 from factory.recipe import MixRecipe, find_recipe, load_recipe, recipe_hash
-from factory.store import RunStore, utc_now, write_json_atomically, write_parquet_atomically
+from factory.store import RunStore, utc_now, write_json_atomically
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +48,8 @@ MIX_SCHEMA = pa.schema(
     ]
 )
 COLUMNS = ["sample_id", "run", "source", "task_type", "teacher_role", "prompt_id", "prompt_messages", "reasoning", "answer"]
+KEY_COLUMNS = ["sample_id", "run", "source", "task_type", "teacher_role", "prompt_id"]
+WINDOW_ROWS = 50_000  # drawn samples whose text is held at once while writing
 
 
 @dataclass
@@ -47,6 +59,7 @@ class ComponentReport:
     available: int
     taken: int
     by_stratum: dict[str, int] = field(default_factory=dict)
+    duplicates_dropped: int = 0
 
 
 @dataclass
@@ -55,6 +68,7 @@ class MixReport:
     path: str
     samples: int
     components: list[ComponentReport]
+    duplicates_dropped: int = 0
 
 
 def datasets_dir() -> Path:
@@ -69,43 +83,95 @@ def run_mix(recipe_name: str = "sft_mix", overrides: list[str] | None = None) ->
     rng = random.Random(recipe.seed)
     rows: list[dict[str, Any]] = []
     reports = []
+    seen: set[bytes] = set()
     for component in recipe.components:
         quota = max(0, round(component.quota * recipe.scale))
         candidates = _component_rows(component.run, component.task_types)
+        dropped = 0
+        if recipe.dedup_exact:
+            kept = [r for r in candidates if r["key"] not in seen]
+            dropped = len(candidates) - len(kept)
+            seen.update(r["key"] for r in kept)
+            candidates = kept
+            if dropped:
+                log.info("mix %s: run '%s': %d exact prompt+response duplicates dropped", recipe.name, component.run, dropped)
         taken, strata = _stratified_take(candidates, quota, recipe.stratify_by, rng)
         if len(taken) < quota:
             log.warning("mix %s: run '%s' has %d curated samples for a quota of %d; taking all", recipe.name, component.run, len(candidates), quota)
-        reports.append(ComponentReport(component.run, quota, len(candidates), len(taken), strata))
+        reports.append(ComponentReport(component.run, quota, len(candidates), len(taken), strata, dropped))
         rows.extend(taken)
     if not rows:
         raise FactoryError(f"mix '{recipe.name}': no curated samples in {', '.join(c.run for c in recipe.components)}; "
                            "run `factory filter --run RUN` first (or check the filters reject less)")
     rng.shuffle(rows)
     out = datasets_dir() / recipe.output.dataset
-    table = pa.Table.from_pylist([_training_row(r) for r in rows], schema=MIX_SCHEMA)
-    write_parquet_atomically(table, out / "data" / "part-00000.parquet")
+    _write_mix(rows, out / "data" / "part-00000.parquet")
+    duplicates = sum(c.duplicates_dropped for c in reports)
     manifest = {
         "kind": "mix", "dataset": recipe.output.dataset, "recipe_name": recipe.name, "recipe_file": str(find_recipe(recipe_name)),
         "recipe_hash": recipe_hash(recipe), "recipe": recipe.model_dump(mode="json"), "seed": recipe.seed, "samples": len(rows),
-        "components": [asdict(c) for c in reports], "created_at": utc_now().isoformat(),
+        "duplicates_dropped": duplicates, "components": [asdict(c) for c in reports], "created_at": utc_now().isoformat(),
     }
     write_json_atomically(manifest, out / "manifest.json")
-    return MixReport(recipe.output.dataset, str(out), len(rows), reports)
+    return MixReport(recipe.output.dataset, str(out), len(rows), reports, duplicates)
 
 
 def _component_rows(run: str, task_types: list[str] | None) -> list[dict[str, Any]]:
+    """The run's curated samples as compact rows: ids, strata and the exact key, no text."""
     store = RunStore(runs_dir() / run)
     if not store.exists():
         log.warning("mix component run '%s': not found in %s; skipped (generate and filter it to include it)", run, runs_dir())
         return []
-    accepted = set(read_accepted_ids(store))
-    if not accepted and not store.verdict_steps():
+    accepted_ids = read_accepted_ids(store)
+    if not accepted_ids and not store.verdict_steps():
         raise FactoryError(f"mix component run '{run}': not filtered yet; run `factory filter --run {run}`")
-    table = store.read_samples(COLUMNS)
-    rows = [r for r in table.to_pylist() if r["sample_id"] in accepted]
-    if task_types:
-        rows = [r for r in rows if r["task_type"] in task_types]
+    accepted = pa.array(accepted_ids, pa.string())
+    rows: list[dict[str, Any]] = []
+    for shard in store.sample_shards():
+        for batch in pq.ParquetFile(shard).iter_batches(batch_size=2048, columns=COLUMNS):
+            table = pa.Table.from_batches([batch])
+            table = table.filter(pc.is_in(table.column("sample_id"), value_set=accepted))
+            if task_types:
+                table = table.filter(pc.is_in(table.column("task_type"), value_set=pa.array(task_types, pa.string())))
+            for row in table.to_pylist():
+                compact = {k: row[k] for k in KEY_COLUMNS}
+                compact["key"] = _exact_key(_training_row(row)["messages"])
+                compact["shard"] = str(shard)
+                rows.append(compact)
     return sorted(rows, key=lambda r: r["sample_id"])
+
+
+def _exact_key(messages: list[dict[str, Any]]) -> bytes:
+    """16 bytes identifying a training pair's exact text (prompt turns, reasoning, answer)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for m in messages:
+        for part in (m["role"], m["content"], m["reasoning_content"]):
+            digest.update((part or "").encode())
+            digest.update(b"\x1f")
+    return digest.digest()
+
+
+def _write_mix(rows: list[dict[str, Any]], target: Path) -> None:
+    """The drawn samples in their shuffled order, text read back a window at a time."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp"
+    with pq.ParquetWriter(tmp, MIX_SCHEMA, compression="zstd") as writer:
+        for start in range(0, len(rows), WINDOW_ROWS):
+            window = rows[start:start + WINDOW_ROWS]
+            wanted: dict[str, set[str]] = defaultdict(set)
+            for r in window:
+                wanted[r["shard"]].add(r["sample_id"])
+            found: dict[str, dict[str, Any]] = {}
+            for shard, ids in wanted.items():
+                value_set = pa.array(sorted(ids), pa.string())
+                for batch in pq.ParquetFile(shard).iter_batches(batch_size=2048, columns=COLUMNS):
+                    table = pa.Table.from_batches([batch])
+                    for row in table.filter(pc.is_in(table.column("sample_id"), value_set=value_set)).to_pylist():
+                        found[(shard, row["sample_id"])] = _training_row(row)
+            writer.write_table(pa.Table.from_pylist([found[(r["shard"], r["sample_id"])] for r in window], schema=MIX_SCHEMA))
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, target)
 
 
 def _stratified_take(rows: list[dict[str, Any]], quota: int, keys: list[str], rng: random.Random) -> tuple[list[dict[str, Any]], dict[str, int]]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -240,6 +240,10 @@ class GenerateRecipe(Strict):
     generation: GenerationConfig = GenerationConfig()
     filters: list[dict[str, Any]] = Field(default_factory=lambda: [{"step": "format"}])
     selection: SelectionConfig = SelectionConfig()
+    # How `factory filter` runs (not what it decides): processes, where, and its memory budget.
+    workers: int | None = Field(default=None, ge=1)   # None = one process per core
+    executor: Literal["local", "ray"] = "local"       # ray: the same steps on a Ray cluster (pip install -e ".[ray]")
+    memory_gb: float = Field(default=4.0, gt=0)       # bound on the filter's text in flight
     output: OutputConfig
 
     @model_validator(mode="after")
@@ -264,6 +268,7 @@ class MixRecipe(Strict):
     scale: float = Field(default=1.0, gt=0)  # 1.0 = paper scale (600K + 200K); small runs take what exists
     stratify_by: list[Literal["task_type", "source", "teacher_role"]] = Field(default_factory=lambda: ["task_type", "source"])
     components: list[MixComponent] = Field(min_length=1)
+    dedup_exact: bool = True  # drop a sample whose prompt + response is already in the mix (earlier components win)
     output: OutputConfig
 
 
@@ -293,8 +298,14 @@ class StudentRecipe(Strict):
     packing: bool = True  # several samples per sequence, isolated by position ids
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     save_steps: int = Field(default=50, ge=1)
-    gradient_checkpointing: bool = False
-    attn_implementation: str = "sdpa"  # flash_attention_2 on GPUs switches packing to the flat layout
+    gradient_checkpointing: bool = False  # recompute activations in backward: ~30% slower, long sequences fit
+    # How packed samples stay isolated. auto: flash (flash-attn installed, CUDA) > flex (CUDA) > sdpa (CPU).
+    # flash = padding-free varlen kernels; flex = FlexAttention with a block-sparse document mask;
+    # sdpa/eager = a dense block-diagonal mask (exact everywhere, but rules out SDPA's flash kernel).
+    attention: Literal["auto", "flash", "flex", "sdpa", "eager"] = "auto"
+    kernels: Literal["auto", "none", "liger"] = "auto"  # liger: fused RMSNorm/SwiGLU/RoPE/linear+CE (auto: on CUDA when installed)
+    compile: bool = False  # torch.compile the model: slower start, faster steps on a GPU
+    log_every: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"  # steps between loss logs (each is a host sync); auto: 1 on CPU, 10 on CUDA
     seed: int = 0
     lora: LoraConfig | None = None
 
@@ -396,6 +407,8 @@ def recipe_hash(recipe: Recipe) -> str:
         data.pop("filters", None)
         data.pop("selection", None)
         data.pop("generation", None)
+        for knob in ("workers", "executor", "memory_gb"):
+            data.pop(knob, None)
         teacher = data["teacher"]
         for knob in ("concurrency", "timeout_s", "max_retries", "backoff_base_s", "backoff_max_s", "endpoints", "api_key_env", "prices",
                      "max_n", "balance", "failover_after", "cooldown_s", "connect_timeout_s", "use_n"):

@@ -117,6 +117,10 @@ def write_parquet_atomically(table: pa.Table, target: Path) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
+    except OSError as exc:
+        if exc.filename is None:  # name the shard's directory in the one-line error (e.g. a full disk)
+            raise OSError(exc.errno, exc.strerror or str(exc), str(target.parent)) from exc
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -171,3 +171,38 @@ def test_bad_input_is_one_line_exit_2_store_unchanged(case: Case, tmp_path: Path
     assert _digest(home) == before, "the store changed"
     leftovers = [p for p in [*home.rglob("*"), *work.rglob("*")] if p.name.startswith(".") and p.name.endswith(".tmp")]
     assert not leftovers, leftovers
+
+
+def test_generate_on_a_full_disk_keeps_complete_shards_and_resumes(tmp_path: Path, mounts: list[Path]) -> None:
+    """OSError 28 mid-import: one line naming the directory, only complete shards, and the same command finishes later."""
+    import random
+
+    import pyarrow.parquet as pq
+
+    if not _can_mount():
+        pytest.skip("a full disk needs a tmpfs mount (root)")
+    home = tmp_path / "home"
+    home.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(home)], check=True)
+    mounts.append(home)
+    rng = random.Random(0)
+    work = tmp_path / "work"
+    work.mkdir()
+    with open(work / "traces.jsonl", "w") as f:
+        for i in range(3000):  # incompressible enough to need ~1 MB of shards
+            think = "".join(rng.choice("abcdefgh ") for _ in range(300))
+            f.write('{"id": "s%d", "problem": "Compute %d + 1.", "generation": "<think>%s</think> \\\\boxed{%d}"}\n' % (i, i, think, i + 1))
+    (work / "r.yaml").write_text(REPLAY.format(source="traces.jsonl"))
+    proc = run_cli("generate", "--recipe", "r.yaml", "--quiet", home=home, check=False, cwd=work)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "runs/imported/samples: No space left on device" in lines[0], proc.stderr
+    samples = home / "runs" / "imported" / "samples"
+    shards = sorted(samples.glob("part-*.parquet"))
+    assert shards and not [p for p in samples.iterdir() if p not in shards]  # no temp file left behind
+    kept = sum(pq.read_metadata(p).num_rows for p in shards)  # every visible shard opens: complete
+    assert 0 < kept < 3000
+    subprocess.run(["mount", "-o", "remount,size=8m", str(home)], check=True)  # space freed
+    run_cli("generate", "--recipe", "r.yaml", "--quiet", home=home, cwd=work)
+    ids = pq.read_table(samples, columns=["sample_id"]).column("sample_id").to_pylist()
+    assert len(ids) == len(set(ids)) == 3000

@@ -18,6 +18,9 @@ import torch
 
 from factory.distill import (
     IGNORE_INDEX,
+    choose_attention,
+    choose_kernels,
+    log_steps,
     MANIFEST_NAME,
     PackedCollator,
     apply_overlong,
@@ -31,7 +34,7 @@ from factory.distill import (
     run_distill,
     write_demo_dataset,
 )
-from factory.errors import FactoryError
+from factory.errors import FactoryError, RecipeError
 from factory.models import resolve_model
 from factory.recipe import load_recipe
 
@@ -111,26 +114,73 @@ def test_packed_batch_resets_positions_and_masks_boundaries(tokenizer):
             start += n
         assert (batch["input_ids"][row, start:] == tokenizer.pad_token_id).all()
         assert (batch["labels"][row, start:] == IGNORE_INDEX).all()
-    assert batch["real_tokens"].item() == sum(lengths) and "attention_mask" not in batch
+    assert batch["real_tokens"] == sum(lengths) and "attention_mask" not in batch
     assert width == max(len(p) for p in packs["input_ids"])
 
 
-def test_packed_samples_do_not_attend_to_each_other(tokenizer):
-    from transformers import AutoModelForCausalLM
+# Every attention that runs on CPU. flex runs its eager reference here, in a subprocess with dynamo
+# off (compiling it on CPU takes minutes), on the same block-sparse document mask the GPU kernel gets.
+CPU_ATTENTIONS = ["sdpa", "eager", "flex"]
 
-    model = AutoModelForCausalLM.from_pretrained(resolve_model("tiny-qwen"), dtype=torch.float32).eval()
-    a, _ = encode_conversation(tokenizer, conversation())
-    b, _ = encode_conversation(tokenizer, conversation("Answer in French."))
+
+@pytest.mark.parametrize("attention", CPU_ATTENTIONS)
+def test_a_sample_has_the_same_loss_alone_and_packed(attention, tiny_models_dir):
+    if attention == "flex":
+        env = {**os.environ, "PYTHONPATH": str(REPO), "TORCHDYNAMO_DISABLE": "1", "FACTORY_HOME": str(tiny_models_dir.parent)}
+        code = "import json; from tests.test_distill import packed_vs_alone; print(json.dumps(packed_vs_alone('flex')))"
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=240, cwd=REPO)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+    else:
+        result = packed_vs_alone(attention)
+    assert result["implementation"] == choose_attention(attention, cuda=False).implementation
+    assert result["max_logit_diff"] < 1e-4
+    for alone, packed in result["losses"]:
+        assert packed == pytest.approx(alone, rel=1e-5)
+
+
+def packed_vs_alone(attention: str) -> dict:
+    """Two conversations packed in one row vs each alone: the largest logit difference and each one's loss."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("tiny-qwen"))
+    choice = choose_attention(attention, cuda=False)
+    model = AutoModelForCausalLM.from_pretrained(
+        resolve_model("tiny-qwen"), dtype=torch.float32, attn_implementation=choice.implementation
+    ).eval()
+    a, labels_a = encode_conversation(tokenizer, conversation())
+    b, labels_b = encode_conversation(tokenizer, conversation("Answer in French."))
     batch = PackedCollator(pad_token_id=tokenizer.pad_token_id)(
-        [{"input_ids": a + b, "labels": a + b, "seq_lengths": [len(a), len(b)]}]
+        [{"input_ids": a + b, "labels": labels_a + labels_b, "seq_lengths": [len(a), len(b)]}]
     )
     with torch.no_grad():
         # use_cache=False as in SFTTrainer.compute_loss: with a cache, transformers skips packed-mask detection.
         packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
-        alone_b = model(input_ids=torch.tensor([b])).logits[0]
-        alone_a = model(input_ids=torch.tensor([a])).logits[0]
-    torch.testing.assert_close(packed[: len(a)], alone_a, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(packed[len(a) :], alone_b, atol=1e-4, rtol=1e-4)
+        alone_a = model(input_ids=torch.tensor([a]), use_cache=False).logits[0]
+        alone_b = model(input_ids=torch.tensor([b]), use_cache=False).logits[0]
+    pairs = ((alone_a, packed[: len(a)], labels_a), (alone_b, packed[len(a) :], labels_b))
+    return {
+        "implementation": model.config._attn_implementation,
+        "max_logit_diff": max((p - q).abs().max().item() for q, p, _ in pairs),
+        "losses": [[next_token_loss(q, labels), next_token_loss(p, labels)] for q, p, labels in pairs],
+    }
+
+
+def next_token_loss(logits: torch.Tensor, labels: list[int]) -> float:
+    return torch.nn.functional.cross_entropy(logits[:-1], torch.tensor(labels[1:]), ignore_index=IGNORE_INDEX).item()
+
+
+def test_attention_is_chosen_for_the_hardware_and_overridable():
+    assert choose_attention("auto", cuda=False).name == "sdpa"
+    assert choose_attention("eager", cuda=False).implementation == "eager"
+    assert choose_attention("flex", cuda=False).implementation == "flex_attention"
+    with pytest.raises(FactoryError, match="attention: flash needs a CUDA GPU"):
+        choose_attention("flash", cuda=False)
+    assert choose_kernels("auto", cuda=False) == "none" and choose_kernels("none", cuda=True) == "none"
+    assert student("attention=flex", "log_every=5").attention == "flex"
+    with pytest.raises(RecipeError, match="attention"):
+        student("attention=flash3")
+    assert log_steps(student(), cuda=True) == 10 and log_steps(student(), cuda=False) == 1
 
 
 def test_overlong_samples_are_counted_then_dropped_or_truncated(tokenizer):
@@ -283,3 +333,11 @@ def test_lora_student_is_merged_into_a_plain_model(tmp_path, dataset):
     assert set(merged.state_dict()) == set(base.state_dict())
     changed = [n for n, w in merged.state_dict().items() if not torch.equal(w, base.state_dict()[n])]
     assert changed and all("proj" in n for n in changed)  # only LoRA-targeted linears moved
+
+
+def test_checkpointing_attention_and_log_every_reach_the_trainer(tmp_path, dataset):
+    # gradient_checkpointing is spelled differently across the supported transformers versions.
+    recipe = student("gradient_checkpointing=true", "attention=eager", "log_every=2")
+    report = run_distill(recipe, data=str(dataset), output_dir=tmp_path / "ckpt", max_steps=4, progress=False)
+    assert report.steps == 4 and report.attention == "eager" and report.kernels == "none"
+    assert [p["step"] for p in report.loss_curve] == [2, 4]

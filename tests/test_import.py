@@ -362,10 +362,10 @@ def test_prompt_language_is_detected_by_script_share(prompt: str, language: str 
 ])
 def test_language_step_compares_the_reasoning_with_the_prompt_language(prompt: str, reasoning: str, answer: str,
                                                                        passes: bool) -> None:
-    from factory.filter import LanguageStep
+    from factory.steps.language import LanguageStep
 
     row = {"prompt": prompt, "reasoning": reasoning, "answer": answer, "language": detect_language(prompt) or "und"}
-    assert LanguageStep({}).evaluate([row])[0].passed is passes
+    assert LanguageStep.from_config({}).filter(pa.Table.from_pylist([row]))[0].passed is passes
     if passes and row["language"] != "und":
         assert check_language_consistency(reasoning, answer, target=row["language"]).passed
 

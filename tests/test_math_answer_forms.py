@@ -24,6 +24,7 @@ STRICT_CASES = [
     ("12", "**Answer:** $$12$$", True, "answer_is"),
     ("12", "Answer: 13", False, "answer_is"),
     ("7", "A: 8", False, "answer_line"),
+    ("7", "ans: 7", True, "answer_line"),
     # option A of a choice list is not an answer line
     ("C", "Options:\nA. 12\nB. 15\nC. 18\n\nThe answer is (C).", True, "answer_is"),
     # sets and tuples
@@ -125,6 +126,10 @@ def test_lenient_reads_the_number_of_a_final_line_strict_cannot_compare() -> Non
     lenient = verify("2.74", response, policy="lenient")
     assert (lenient.correct, lenient.rule) == (True, "last_number")
     assert verify("2.75", response, policy="lenient").correct is False
+
+
+def test_a_lowercase_variable_line_is_no_answer_line() -> None:
+    assert verify("3", "Let the sides be\na: 3\nb: 4").rule != "answer_line"
 
 
 def test_lenient_keeps_strict_answers_first() -> None:

@@ -109,14 +109,15 @@ class VLLMTeacher(Teacher):
             try:
                 [output] = self._chat([req])
             except Exception as exc:
-                failures.append(exc)
+                if not _request_error(exc):
+                    failures.append(exc)
                 self.stats.errors += 1
                 completions.append(
                     Completion(key=req.key, text="", reasoning=None, answer="", finish_reason="error", error=f"vllm: {type(exc).__name__}: {exc}")
                 )
                 continue
             completions.append(self._completion(req, output, time.monotonic() - started))
-        if failures and len(failures) == len(chunk):  # nothing works: the engine is broken, not the requests
+        if failures and len(failures) == len(chunk):  # nothing works and no request is to blame: the engine is broken
             raise TeacherError(f"teacher.vllm: generation failed for every request: {type(failures[0]).__name__}: {failures[0]}")
         return completions
 
@@ -146,6 +147,15 @@ class VLLMTeacher(Teacher):
             completion_tokens=completion_tokens,
             latency_s=latency_s,
         )
+
+
+def _request_error(exc: Exception) -> bool:
+    """Caused by the request (e.g. a prompt over max_model_len), not by the engine."""
+    try:
+        from vllm.exceptions import VLLMClientError
+    except ImportError:  # older vLLM raises ValueError for invalid requests
+        return isinstance(exc, ValueError)
+    return isinstance(exc, (VLLMClientError, ValueError))
 
 
 def _chunks(requests: Iterable[GenerationRequest], size: int) -> Iterator[list[GenerationRequest]]:

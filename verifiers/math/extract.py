@@ -63,7 +63,8 @@ _ANSWER_LEAD = re.compile(r"answer[*_\s]*(?:is\b|:|=)[*_\s:]*", re.IGNORECASE)
 _HEADING_LEAD = re.compile(r"answer[*_ \t]*\n[\s*_]*", re.IGNORECASE)
 # "A: 18", "**A:** 18", "> Ans. 18" at the start of a line.
 # "A." alone is not enough: it starts option A of a multiple-choice list.
-_ANSWER_LINE = re.compile(r"[ \t>*_#-]*(?:A[*_ \t]*:|Ans\.?[*_ \t]*:|Ans\.)[*_ \t]*", re.IGNORECASE)
+# Capital "A" only: "a: 3" lists a variable.
+_ANSWER_LINE = re.compile(r"[ \t>*_#-]*(?:A[*_ \t]*:|(?:Ans|ANS|ans)(?:\.?[*_ \t]*:|\.))[*_ \t]*")
 # Lenient fallback: a number (thousands or decimal separators, a fraction bar) ...
 _NUMBER = re.compile(r"[-+]?(?:\d[\d,]*(?:\.\d+)?|\.\d+)(?:\s*/\s*\d+)?")
 # Between two math segments that list one answer: ",", "and", "or", ", and".

@@ -1,0 +1,100 @@
+"""`dedup`: exact and MinHash near-duplicates within the run and against other curated runs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import model_validator
+
+from factory.errors import FactoryError
+from factory.steps.base import FilterStep, StepParams, StepVerdict
+from verifiers.dedup import (
+    DEFAULT_THRESHOLD,
+    Deduplicator,
+    DedupParams,
+    Sketch,
+    sketch_batch,
+)
+
+
+class DedupStepParams(StepParams):
+    field: Literal["text", "prompt", "answer", "both"] = "text"  # both = prompt + response
+    against_runs: tuple[str, ...] = ()   # curated runs whose selected samples win over this run's
+    near: bool = True                    # also MinHash near-duplicates, not only exact ones
+    num_perm: int = 128
+    threshold: float = DEFAULT_THRESHOLD
+    shingle: Literal["word", "char"] = "word"
+    ngram: int | None = None
+    seed: int = 1
+    workers: int | None = None           # kept for old recipes; the run's `workers:` sizes the pool
+
+    @model_validator(mode="after")
+    def _check(self) -> DedupStepParams:
+        self.dedup_params()
+        return self
+
+    def dedup_params(self) -> DedupParams:
+        return DedupParams(self.near, self.num_perm, self.threshold, self.shingle, self.ngram, self.seed).validate()
+
+
+class DedupStep(FilterStep):
+    name = "dedup"
+    Params = DedupStepParams
+    whole_run = True
+    lsh_grouping = True
+
+    def input_columns(self) -> list[str]:
+        return ["prompt", "text"] if self.params.field == "both" else [self.params.field]
+
+    def texts(self, batch: pa.Table) -> list[str]:
+        if self.params.field == "both":
+            joined = pc.binary_join_element_wise(pc.fill_null(batch.column("prompt"), ""),
+                                                 pc.fill_null(batch.column("text"), ""), "\n")
+            return joined.to_pylist()
+        return pc.fill_null(batch.column(self.params.field), "").to_pylist()
+
+    def sketch(self, batch: pa.Table) -> Sketch:
+        return sketch_batch(self.texts(batch), self.params.dedup_params())
+
+    def decide(self, ids: Sequence[str], lengths: Sequence[int], sketches: Sequence[Sketch],
+               reference: Sequence[tuple[Sequence[str], Sketch]]) -> list[StepVerdict]:
+        dedup = Deduplicator(self.params.dedup_params())
+        for ref_ids, sketch in reference:
+            dedup.add(ref_ids, sketch, [(0, i.split(":", 1)[-1]) for i in ref_ids], reference=True)
+        start = 0
+        for sketch in sketches:
+            n = len(sketch.exact_keys)
+            chunk = ids[start:start + n]
+            # Keep the shortest of a cluster (then the smallest id): concise chains are preferred.
+            dedup.add(chunk, sketch, [(int(length), sid) for length, sid in zip(lengths[start:start + n], chunk)])
+            start += n
+        out = []
+        for v in dedup.resolve():
+            detail = {"cluster_id": v.cluster_id, "duplicate_of": v.duplicate_of, "kind": v.kind, "similarity": v.similarity}
+            if v.kept:
+                out.append(StepVerdict(True, score=v.similarity, detail=detail))
+            else:
+                out.append(StepVerdict(False, f"duplicate_{v.kind}", f"duplicate_{v.kind}: of {v.duplicate_of}", v.similarity, detail))
+        return out
+
+    def has_reference(self) -> bool:
+        return bool(self.params.against_runs)
+
+    def reference_batches(self) -> Iterable[tuple[list[str], pa.Table]]:
+        from factory.filter import read_accepted_ids
+        from factory.paths import runs_dir
+        from factory.store import RunStore
+
+        for run in self.params.against_runs:
+            store = RunStore(runs_dir() / run)
+            if not store.exists():
+                raise FactoryError(f"filters.dedup.against_runs: no run named '{run}' in {runs_dir()}")
+            accepted = pa.array(sorted(read_accepted_ids(store)), pa.string())
+            for batch in store.iter_sample_batches(["sample_id", *self.input_columns()], batch_size=2048):
+                table = pa.Table.from_batches([batch])
+                table = table.filter(pc.is_in(table.column("sample_id"), value_set=accepted))
+                if table.num_rows:
+                    yield [f"{run}:{sid}" for sid in table.column("sample_id").to_pylist()], table
