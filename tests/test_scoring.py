@@ -10,7 +10,7 @@ import pytest
 
 from factory.evaluate import score_code as eval_score_code
 from factory.evaluate import score_math as eval_score_math
-from factory.filter import CorrectnessStep
+from factory.steps.correctness import CorrectnessStep
 from factory.verify import verify_code_file, verify_math_file
 from verifiers.code import SandboxPool, SandboxUnavailable
 from verifiers.scoring import find_program, read_tests, score_code, score_math, score_math_batch
@@ -60,7 +60,7 @@ def _filter_rows(**columns) -> list[dict]:
 
 
 def _filter_verdicts(step: CorrectnessStep, rows: list[dict]) -> list[bool | None]:
-    return [v.passed for v in step.evaluate(rows)]
+    return [v.passed for v in step.score(rows)]
 
 
 @pytest.mark.parametrize("policy", ["strict", "lenient"])
@@ -69,7 +69,7 @@ def test_math_verdicts_agree_across_filter_eval_and_verify(tmp_path: Path, polic
     texts = [text for _, text in MATH_SAMPLES]
     direct = [score_math(text, gold, policy=policy) for gold, text in MATH_SAMPLES]
 
-    step = CorrectnessStep({"policy": policy, "workers": 1})
+    step = CorrectnessStep.from_config({"policy": policy, "workers": 1})
     answers = [text.rsplit("</think>", 1)[-1].strip() for text in texts]
     filtered = _filter_verdicts(step, _filter_rows(text=texts, answer=answers, reference=golds))
 
@@ -97,10 +97,10 @@ def test_code_verdicts_agree_across_filter_eval_and_verify(tmp_path: Path) -> No
     rows = [{"prompt": ADD_PROMPT, **t} for t in tests]
     direct = [score_code(text, {"prompt": ADD_PROMPT, **ADD_TESTS}, unsafe_no_sandbox=unsafe) for text in CODE_SAMPLES]
 
-    step = CorrectnessStep({"workers": 1, "unsafe_no_sandbox": unsafe})
+    step = CorrectnessStep.from_config({"workers": 1, "unsafe_no_sandbox": unsafe})
     filter_rows = _filter_rows(text=CODE_SAMPLES, answer=CODE_SAMPLES,
                                tests=[json.dumps(r) for r in rows], task_type=["code"] * len(CODE_SAMPLES))
-    filtered = step.evaluate(filter_rows)
+    filtered = step.score(filter_rows)
 
     path = tmp_path / "programs.jsonl"
     path.write_text("".join(json.dumps({"response": t, "tests": json.dumps(r)}) + "\n" for t, r in zip(CODE_SAMPLES, rows)))
@@ -164,4 +164,4 @@ def test_factory_verify_math_cli_takes_the_policy(tmp_path: Path) -> None:
 
 def test_correctness_step_rejects_an_unknown_policy() -> None:
     with pytest.raises(ValueError, match="policy: expected 'strict' or 'lenient'"):
-        CorrectnessStep({"policy": "generous"})
+        CorrectnessStep.from_config({"policy": "generous"})
