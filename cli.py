@@ -147,6 +147,8 @@ def generate(
         "samples/s": f"{report.samples_per_s:.1f}",
         "tokens/s": f"{report.tokens_per_s:.0f}",
         **({"cost (USD)": f"{report.cost_usd:.4f}"} if report.cost_usd else {}),
+        **({f"import {key} ({'rows' if key == 'formats' else 'traces'})": ", ".join(f"{name} {count:,}" for name, count in sorted(counts.items(), key=lambda kv: -kv[1]))
+            for key, counts in report.extra.items() if key in ("formats", "thinking", "languages")}),
         **({"adaptive rounds": report.adaptive_rounds, "prompts solved": report.prompts_solved,
             "accepted / 1M teacher tokens": f"{report.accepted_per_million_tokens:.0f}"} if report.adaptive_rounds else {}),
         "run dir": report.run_dir,
