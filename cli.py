@@ -11,13 +11,11 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.logging import RichHandler
-from rich.markup import escape
-from rich.table import Table
 from typer.core import TyperGroup
 
 from factory.errors import FactoryError, environment_error
+from factory.output import error_line, kv_table, make_console, quiet_dependencies, rows_table
 from factory.text import escape_surrogates
 
 
@@ -63,8 +61,9 @@ app.add_typer(models_app, name="models")
 app.add_typer(verify_app, name="verify")
 app.add_typer(experiment_app, name="experiment")
 
-out = Console()
-err = Console(stderr=True)
+# Data is printed verbatim: these consoles read no markup and no emoji codes (see factory/output.py).
+out = make_console()
+err = make_console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -91,24 +90,34 @@ def one_line_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _version(value: bool) -> None:
+    if value:
+        from factory import __version__
+
+        out.print(f"factory {__version__}")
+        raise typer.Exit()
+
+
 def _print_error(exc: FactoryError) -> None:
     # The message may quote data or an OS message: no markup in it, lone surrogates escaped, one line.
     message = " ".join(escape_surrogates(str(exc)).split("\n"))
-    err.print("[red]error:[/red] " + escape(message), markup=True, highlight=False, soft_wrap=True)
+    err.print(error_line(message), soft_wrap=True)
 
 
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    quiet_dependencies()
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
         handlers=[RichHandler(console=err, show_path=False, show_time=False)],
     )
-    for noisy in ("httpx", "urllib3", "datasets", "filelock", "transformers", "torch"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display: print only the summary.")]
 
 
 # ---------------------------------------------------------------- generate
@@ -125,6 +134,7 @@ def generate(
 
     Example: factory generate --recipe cold_start sampling.n=2 sources.0.limit=20
     """
+    _apply_quiet(quiet)
     from factory.generate import run_generate
 
     report = run_generate(recipe, overrides, new_run=new_run, force=force, progress=not quiet)
@@ -139,6 +149,8 @@ def generate(
         "samples/s": f"{report.samples_per_s:.1f}",
         "tokens/s": f"{report.tokens_per_s:.0f}",
         **({"cost (USD)": f"{report.cost_usd:.4f}"} if report.cost_usd else {}),
+        **({f"import {key} ({'rows' if key == 'formats' else 'traces'})": ", ".join(f"{name} {count:,}" for name, count in sorted(counts.items(), key=lambda kv: -kv[1]))
+            for key, counts in report.extra.items() if key in ("formats", "thinking", "languages")}),
         **({"adaptive rounds": report.adaptive_rounds, "prompts solved": report.prompts_solved,
             "accepted / 1M teacher tokens": f"{report.accepted_per_million_tokens:.0f}"} if report.adaptive_rounds else {}),
         "run dir": report.run_dir,
@@ -162,25 +174,18 @@ def filter_(
 
     Example: factory filter --run cold_start --only format
     """
+    _apply_quiet(quiet)
     from factory.filter import run_filter
 
     report = run_filter(run, recipe=recipe, only=only, recompute=recompute, progress=not quiet, workers=workers,
                         executor=executor)  # type: ignore[arg-type]
-    table = Table(title=f"filter funnel — run '{report.run}'")
-    for col in ("step", "in", "passed", "rejected", "unverifiable", "computed", "reused"):
-        table.add_column(col, justify="left" if col == "step" else "right")
-    table.add_row("generated", str(report.generated), "", "", "", "", "")
-    for s in report.steps:
-        table.add_row(s.step, str(s.candidates), str(s.passed), str(s.rejected), str(s.unverifiable), str(s.computed), str(s.reused))
-    table.add_row("selected", "", str(report.selected), "", "", "", "")
-    out.print(table)
+    columns = ("step", "in", "passed", "rejected", "unverifiable", "computed", "reused")
+    rows = [("generated", report.generated, None, None, None, None, None)]
+    rows += [(s.step, s.candidates, s.passed, s.rejected, s.unverifiable, s.computed, s.reused) for s in report.steps]
+    rows.append(("selected", None, report.selected, None, None, None, None))
+    out.print(rows_table(f"filter funnel — run '{report.run}'", columns, rows, right=columns[1:]))
     if report.top_reasons:
-        reasons = Table(title="top rejection reasons")
-        for col in ("step", "reason", "samples"):
-            reasons.add_column(col)
-        for step, code, n in report.top_reasons:
-            reasons.add_row(step, code, str(n))
-        out.print(reasons)
+        out.print(rows_table("top rejection reasons", ("step", "reason", "samples"), report.top_reasons, right=("samples",)))
     out.print(f"prompts with a selected sample: {report.prompts_with_selection}/{report.prompts}")
 
 
@@ -198,12 +203,9 @@ def mix(
     from factory.mix import run_mix
 
     report = run_mix(recipe, overrides)
-    table = Table(title=f"mix → dataset '{report.dataset}' ({report.samples} samples)")
-    for col in ("run", "quota", "curated", "duplicates dropped", "taken"):
-        table.add_column(col, justify="right" if col != "run" else "left")
-    for c in report.components:
-        table.add_row(c.run, str(c.quota), str(c.available), str(c.duplicates_dropped), str(c.taken))
-    out.print(table)
+    columns = ("run", "quota", "curated", "duplicates dropped", "taken")
+    out.print(rows_table(f"mix → dataset '{report.dataset}' ({report.samples} samples)", columns,
+                         [(c.run, c.quota, c.available, c.duplicates_dropped, c.taken) for c in report.components], right=columns[1:]))
     if report.duplicates_dropped:
         out.print(f"dropped {report.duplicates_dropped} exact prompt+response duplicates across runs (dedup_exact: false keeps them)")
     out.print(f"written to {report.path}")
@@ -225,6 +227,7 @@ def distill(
 
     Example: factory distill --student qwen --max-steps 20
     """
+    _apply_quiet(quiet)
     from factory.distill import run_distill
     from factory.recipe import StudentRecipe, load_recipe
     from factory.errors import RecipeError
@@ -233,7 +236,11 @@ def distill(
     if not isinstance(recipe, StudentRecipe):
         raise RecipeError(f"--student {student}: expected a student config (kind: student)")
     report = run_distill(recipe, data=data, output_dir=output, resume=resume, max_steps=max_steps, progress=not quiet)
-    out.print(_kv_table(f"distill → {report.output_dir}", {k: v for k, v in _public_fields(report).items() if k != "recipe"}))
+    summary = {k: v for k, v in _public_fields(report).items() if k not in ("recipe", "loss_curve")}
+    if report.loss_curve:  # the curve itself is in the model dir's report; here, where it went
+        losses = [p["loss"] for p in report.loss_curve]
+        summary["loss (first → last, min)"] = f"{losses[0]:.4f} → {losses[-1]:.4f}, min {min(losses):.4f} over {len(losses)} steps"
+    out.print(_kv_table(f"distill → {report.output_dir}", summary))
 
 
 @app.command("eval")
@@ -246,21 +253,29 @@ def eval_(
     baseline: Annotated[str | None, typer.Option("--baseline", help="A second model to compare side by side.")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 2048,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    backend: Annotated[str, typer.Option("--backend", help="transformers | vllm | openai, as for teachers.")] = "transformers",
+    endpoint: Annotated[list[str] | None, typer.Option("--endpoint", help="With --backend openai: server base URL (repeatable).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts x samples per forward pass (transformers).")] = 16,
+    quiet: Quiet = False,
 ) -> None:
     """Evaluate a model on a benchmark with the same verifiers: pass@1 over k samples and pass@k.
 
     Example: factory eval --model tiny-r1 --bench gsm8k --limit 20 -k 2
     """
+    _apply_quiet(quiet)
     from factory.evaluate import run_eval
 
-    report = run_eval(model, bench, k=k, limit=limit, baseline=baseline, max_new_tokens=max_new_tokens, seed=seed)
+    if backend not in ("transformers", "vllm", "openai"):
+        raise FactoryError(f"--backend: expected transformers, vllm or openai, got {backend!r}")
+    if batch_size < 1:
+        raise FactoryError(f"--batch-size: expected an integer >= 1, got {batch_size}")
+    report = run_eval(model, bench, k=k, limit=limit, baseline=baseline, max_new_tokens=max_new_tokens, seed=seed,
+                      backend=backend, endpoints=endpoint, batch_size=batch_size, progress=not quiet)
     rows = report.table()
-    table = Table(title=f"eval {bench}")
-    for col in rows[0] if rows else []:
-        table.add_column(str(col))
-    for row in rows:
-        table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()])
-    out.print(table)
+    columns = list(rows[0]) if rows else []
+    out.print(rows_table(f"eval {bench}", columns, [[f"{v:.4f}" if isinstance(v, float) else v for v in row.values()] for row in rows]))
+    for r in [report] + ([report.baseline] if report.baseline else []):
+        out.print(f"{r.model}: per-problem results in {r.results_path}, summary in {r.summary_path} (factory sql: the evals view)", soft_wrap=True)
 
 
 # ---------------------------------------------------------------- inspection
@@ -294,12 +309,7 @@ def sql(
         writer.writerow(result.columns)
         writer.writerows(result.rows)
     else:
-        table = Table(show_lines=False)
-        for col in result.columns:
-            table.add_column(col, overflow="fold")
-        for row in result.rows:
-            table.add_row(*["" if v is None else str(v) for v in row])
-        out.print(table)
+        out.print(rows_table(None, result.columns, result.rows, fold=True))
         out.print(f"{len(result.rows)} rows")
 
 
@@ -307,16 +317,64 @@ def sql(
 @one_line_errors
 def card(
     run: Annotated[str | None, typer.Option("--run", help="Run to describe (default: most recent).")] = None,
-    out_dir: Annotated[Path, typer.Option("--out", help="Where cards are written.")] = Path("data_cards"),
+    mix: Annotated[str | None, typer.Option("--mix", help="A mixed dataset to describe instead of a run.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Where cards are written (default: $FACTORY_HOME/cards).")] = None,
 ) -> None:
-    """Write a dataset card (stats, funnel, plots) for a run.
+    """Write a dataset card (metadata, funnel, yields, rejection reasons, plots) for a run or a mix.
 
     Example: factory card --run cold_start
     """
     from factory.cards import write_card
 
-    path = write_card(run, out_dir)
-    out.print(f"card written to {path}")
+    path = write_card(run, mix, out_dir)
+    out.print(f"card written to {path}", soft_wrap=True)
+
+
+@app.command()
+@one_line_errors
+def export(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write (Hub dataset layout); replaced if it holds an export.")],
+    run: Annotated[str | None, typer.Option("--run", help="Run whose selected samples to export (default: most recent).")] = None,
+    mix: Annotated[str | None, typer.Option("--mix", help="A mixed dataset to export instead of a run.")] = None,
+    push: Annotated[str | None, typer.Option("--push", help="Also upload to this Hub dataset repo (e.g. me/my-data).")] = None,
+    private: Annotated[bool, typer.Option("--private", help="With --push: create the repo private.")] = False,
+    shard_mb: Annotated[float, typer.Option("--shard-mb", help="Size of a data shard, in MB of rows.")] = 256,
+) -> None:
+    """Export a curated run or a mix as a Hugging Face dataset folder: data/*.parquet + a card with metadata and plots.
+
+    Example: factory export --run cold_start --out cold_start_hf   (then: datasets.load_dataset("cold_start_hf"))
+    """
+    from factory.export import export_dataset
+
+    report = export_dataset(run=run, mix=mix, out_dir=out_dir, push=push, shard_mb=shard_mb, private=private)
+    out.print(rows_table(f"export {report.kind} '{report.name}'", ("subset", "rows"),
+                         [*report.subsets.items(), ("all", report.rows)], right=("rows",)))
+    out.print(kv_table("written", {"folder": report.out_dir, "data shards": len(report.shards), "card": report.card, "plots": ", ".join(report.plots),
+                                   **({"pushed to": report.pushed_to} if report.pushed_to else {}),
+                                   "load with": f"datasets.load_dataset({str(report.out_dir)!r})"}))
+
+
+@app.command()
+@one_line_errors
+def view(
+    run: Annotated[str | None, typer.Option("--run", help="Run to open first (default: most recent); the page lists every run.")] = None,
+    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1 (0 = any free port).")] = 8765,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on; keep 127.0.0.1 unless you mean to share the page.")] = "127.0.0.1",
+) -> None:
+    """Browse a run in the web browser: filter by step, verdict, reason, task type; prompt, reasoning and answer with every verdict.
+
+    Example: factory view --run cold_start   (then open http://127.0.0.1:8765/)
+    """
+    from factory.view import run_view
+
+    def ready(url: str) -> None:
+        out.print(f"factory view: serving {url} (Ctrl-C to stop)")
+        out.file.flush()
+
+    try:
+        run_view(run, host=host, port=port, on_ready=ready)
+    except KeyboardInterrupt:
+        out.print("stopped")
 
 
 @app.command()
@@ -330,6 +388,7 @@ def demo(
 
     Example: FACTORY_HOME=/tmp/f factory demo
     """
+    _apply_quiet(quiet)
     from factory.demo import run_demo
 
     run_demo(out, prompts=prompts, distill_steps=steps, progress=not quiet)
@@ -396,16 +455,18 @@ def models_build(
     names: Annotated[list[str] | None, typer.Argument(help="Task models to build too, e.g. tiny-teacher-arith.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if current.")] = False,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    quiet: Quiet = False,
 ) -> None:
     """Build the tiny tokenizer, students (tiny-qwen, tiny-llama) and format-taught teacher (tiny-r1),
     and any task model named (tiny-teacher-arith: the imperfect teacher of `factory experiment curation`).
 
     Example: factory models build tiny-teacher-arith
     """
+    _apply_quiet(quiet)
     from factory.models import build_task_models, build_tiny_models
     from factory.paths import models_dir
 
-    paths = build_tiny_models(models_dir(), seed=seed, force=force)
+    paths = build_tiny_models(models_dir(), seed=seed, force=force, progress=not quiet)
     paths.update(build_task_models(names or [], models_dir(), seed=seed, force=force))
     for name, path in paths.items():
         out.print(f"{name}: {path}")
@@ -495,15 +556,14 @@ def decontaminate(
 
 
 # ---------------------------------------------------------------- helpers
-def _kv_table(title: str, values: dict[str, Any]) -> Table:
-    table = Table(title=title, show_header=False)
-    table.add_column("what")
-    table.add_column("value", overflow="fold")
-    for key, value in values.items():
-        if isinstance(value, float):
-            value = f"{value:.4g}"
-        table.add_row(str(key), json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value))
-    return table
+def _kv_table(title: str, values: dict[str, Any]) -> Any:
+    return kv_table(title, values)
+
+
+def _apply_quiet(quiet: bool) -> None:
+    """-q: the summary only, so info logs go too (warnings and errors stay)."""
+    if quiet:
+        logging.getLogger().setLevel(logging.WARNING)
 
 
 def _public_fields(report: Any) -> dict[str, Any]:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+
+from factory.output import rows_table
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +33,13 @@ def run_demo(console: Console, *, prompts: int = 64, distill_steps: int = 30, pr
     from factory.sql import run_sql
 
     timings: dict[str, float] = {}
+    summary_console = console
+    console = console if progress else Console(quiet=True)  # -q: the summary table only
     stage = _Stage(console, timings)
-    console.print(f"[bold]factory demo[/bold] — FACTORY_HOME={factory_home()}")
+    console.print(Text.assemble(("factory demo", "bold"), f" — FACTORY_HOME={factory_home()}"))
     with stage("models"):
         for name in ("tiny-r1", "tiny-qwen"):
-            ensure_model(name)
+            ensure_model(name, progress=progress)
         console.print("tiny models ready (tiny-r1 teacher, tiny-qwen student)")
     overrides = [f"sources.0.limit={prompts}", f"sources.1.limit={max(prompts // 4, 1)}", "sampling.n=2"]
     with stage("generate"):
@@ -47,7 +51,9 @@ def run_demo(console: Console, *, prompts: int = 64, distill_steps: int = 30, pr
         funnel = " → ".join([f"generated {report.generated}"] + [f"{s.step} {s.passed}" for s in report.steps] + [f"selected {report.selected}"])
         console.print(f"filter: {funnel}")
     with stage("mix"):
-        mixed = run_mix("sft_mix", ["scale=0.02"])
+        # Only the run the demo made, all of it: sft_mix's other components (and its paper-scale quota)
+        # would each warn about runs and samples the demo never meant to make.
+        mixed = run_mix("sft_mix", ["scale=1.0", f"components=[{{run: cold_start, quota: {report.selected}}}]"])
         console.print(f"mix: {mixed.samples} training samples in {mixed.path}")
     with stage("distill"):
         # A tiny random-init student needs a far larger step than a real 1.5B one to move in 30 steps.
@@ -57,14 +63,9 @@ def run_demo(console: Console, *, prompts: int = 64, distill_steps: int = 30, pr
         console.print(f"distill: {distill_steps} steps, loss {first:.2f} → {distilled.final_loss or float('nan'):.2f}, model in {distilled.output_dir}")
     with stage("sql"):
         result = run_sql(DEMO_SQL)
-        table = Table(title='factory sql "SELECT step, count(*) … FROM verdicts JOIN samples …"')
-        for col in result.columns:
-            table.add_column(col)
-        for row in result.rows:
-            table.add_row(*["" if v is None else str(v) for v in row])
-        console.print(table)
+        console.print(rows_table('factory sql "SELECT step, count(*) … FROM verdicts JOIN samples …"', result.columns, result.rows))
     with stage("card"):
-        card = write_card("cold_start", Path("data_cards"))
+        card = write_card("cold_start")
         console.print(f"card: {card}")
     summary = Table(title="demo: per-stage counts and time")
     for col in ("stage", "count", "seconds"):
@@ -73,7 +74,9 @@ def run_demo(console: Console, *, prompts: int = 64, distill_steps: int = 30, pr
               "distill": distill_steps, "sql": len(result.rows)}
     for name, seconds in timings.items():
         summary.add_row(name, str(counts.get(name, "")), f"{seconds:.1f}")
-    console.print(summary)
+    summary_console.print(summary)
+    if not progress:  # otherwise the card stage already said where it is
+        summary_console.print(f"card: {card}")
     return timings
 
 
@@ -88,7 +91,7 @@ class _Stage:
 
     def __enter__(self) -> None:
         self.started = time.monotonic()
-        self.console.rule(f"[bold]{self.name}")
+        self.console.rule(Text(self.name, style="bold"))
 
     def __exit__(self, *exc: object) -> None:
         self.timings[self.name] = time.monotonic() - self.started

@@ -39,6 +39,7 @@ from typing import Any
 from factory.errors import FactoryError
 from factory.models import resolve_model
 from factory.paths import factory_home
+from factory.progress import training_progress
 from factory.recipe import StudentRecipe
 
 log = logging.getLogger(__name__)
@@ -507,7 +508,7 @@ def build_trainer(
         save_steps=recipe.save_steps,
         save_total_limit=2,  # the newest may be half-written when killed; keep one complete before it
         report_to="none",
-        disable_tqdm=not progress,
+        disable_tqdm=True,  # one rich display (factory.progress.training_progress) instead of tqdm + log dicts
         dataloader_num_workers=0,
         dataloader_pin_memory=cuda,
         use_liger_kernel=use_liger,
@@ -539,12 +540,11 @@ def build_trainer(
         processing_class=tokenizer,
         data_collator=PackedCollator(pad_token_id=tokenizer.pad_token_id, flat=flat),
         peft_config=peft_config,
-        callbacks=callbacks,
+        callbacks=[*(callbacks or []), training_progress(enabled=progress)],
     )
-    if not progress:
-        from transformers.trainer_callback import PrinterCallback
+    from transformers.trainer_callback import PrinterCallback
 
-        trainer.remove_callback(PrinterCallback)  # it prints every log dict when tqdm is off
+    trainer.remove_callback(PrinterCallback)  # it prints every log dict when tqdm is off
     return trainer
 
 

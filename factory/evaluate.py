@@ -19,9 +19,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
 from factory.errors import FactoryError, UsageError
 from factory.models import R1_SYSTEM_PROMPT
 from factory.paths import BENCHMARKS_DIR, factory_home
+from factory.progress import RateProgress
 from verifiers.scoring import DEFAULT_CODE_TIMEOUT_S, Score, read_tests, score_code_batch, score_math_batch
 
 log = logging.getLogger(__name__)
@@ -206,6 +209,8 @@ def run_eval(
     batch_size: int = 16,
     output_name: str | None = None,
     system_prompt: str | None = R1_SYSTEM_PROMPT,
+    endpoints: list[str] | None = None,
+    progress: bool = False,
 ) -> EvalReport:
     """Evaluate `model` (and `baseline`, if given) on `bench`; results are also written to the store.
 
@@ -216,25 +221,31 @@ def run_eval(
         raise UsageError(f"--max-new-tokens: expected an integer >= 1, got {max_new_tokens}")
     bench_name, spec, problems = load_bench(bench, limit)
     settings = {"k": k, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens, "limit": limit, "seed": seed, "backend": backend,
-                "system_prompt": system_prompt}
-    report = _evaluate_one(model, bench_name, spec, problems, settings, batch_size, output_name)
+                "endpoints": endpoints, "system_prompt": system_prompt}
+    report = _evaluate_one(model, bench_name, spec, problems, settings, batch_size, output_name, progress=progress)
     if baseline is not None:
         name = model_display_name(baseline)
         if name == report.model:
             name += "-baseline"
-        report.baseline = _evaluate_one(baseline, bench_name, spec, problems, settings, batch_size, name)
+        report.baseline = _evaluate_one(baseline, bench_name, spec, problems, settings, batch_size, name, progress=progress)
     return report
 
 
-def _evaluate_one(model: str, bench: str, spec: BenchSpec, problems: list[Problem], settings: dict[str, Any], batch_size: int, output_name: str | None) -> EvalReport:
+def _evaluate_one(model: str, bench: str, spec: BenchSpec, problems: list[Problem], settings: dict[str, Any], batch_size: int, output_name: str | None,
+                  *, progress: bool = False) -> EvalReport:
     from factory.recipe import TeacherConfig
     from factory.teachers import GenerationRequest, build_teacher
 
     k = settings["k"]
     name = output_name or model_display_name(model)
-    config = TeacherConfig.model_validate(
-        {"role": "rl_1", "backend": settings["backend"], "model": model, "transformers": {"batch_size": batch_size}}
-    )
+    options: dict[str, Any] = {"role": "rl_1", "backend": settings["backend"], "model": model, "transformers": {"batch_size": batch_size}}
+    if settings.get("endpoints"):
+        options["openai"] = {"endpoints": settings["endpoints"]}
+    try:
+        config = TeacherConfig.model_validate(options)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise FactoryError(f"--backend/--endpoint: {'.'.join(map(str, error['loc']))}: {error['msg']}") from None
     teacher = build_teacher(config)
     requests = [
         GenerationRequest(
@@ -252,7 +263,7 @@ def _evaluate_one(model: str, bench: str, spec: BenchSpec, problems: list[Proble
     started = time.perf_counter()
     try:
         teacher.check()
-        completions = teacher.generate(requests)
+        completions = _complete(teacher, requests, label=f"eval {name} · {bench}", progress=progress)
     finally:
         teacher.close()
     failed = [c for c in completions if c.finish_reason == "error"]
@@ -290,6 +301,26 @@ def _evaluate_one(model: str, bench: str, spec: BenchSpec, problems: list[Proble
     _write_results(rows, report, results_path, summary_path)
     log.info("%s on %s: pass@1 %.4f over %d problems x %d samples", name, bench, report.pass_at_1, len(problems), k)
     return report
+
+
+def _complete(teacher: Any, requests: list[Any], *, label: str, progress: bool) -> list[Any]:
+    """Every completion in request order, with one progress display (samples/s, tokens/s) while they come in."""
+    import asyncio
+
+    async def collect() -> list[Any]:
+        done = []
+        with RateProgress(label, total=len(requests), enabled=progress) as bar:
+            async for completion in teacher.astream(requests):
+                done.append(completion)
+                bar.update(1, tokens=completion.completion_tokens or 0)
+        return done
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        order = {r.key: i for i, r in enumerate(requests)}
+        return sorted(asyncio.run(collect()), key=lambda c: order[c.key])
+    return teacher.generate(requests)  # inside someone's event loop (a notebook): no display
 
 
 _UNSCORED = {"no_answer", "unparsable", "unparsable_gold", "too_complex", "undecided", "timeout", "worker_error", "no_code",

@@ -91,8 +91,9 @@ def run_generate(
         if recipe.teacher.backend == "replay":
             from factory.teachers.replay import import_traces
 
-            store, _ = _open_store(recipe, rhash, recipe_file, overrides or [], new_run=new_run, force=force, held=held)
-            return import_traces(recipe, recipe_file, store, rhash, progress=progress)
+            # Imports stage their shards and publish them at the end: a failed one leaves no run behind.
+            return import_traces(recipe, recipe_file, rhash, overrides or [], new_run=new_run, force=force,
+                                 progress=progress, held=held)
         # Everything that can fail on bad input runs before the run directory is touched.
         check_template(recipe.template)
         prompts = load_prompts(recipe.sources, recipe_file)
@@ -116,34 +117,52 @@ def _open_store(
     held: contextlib.ExitStack,
 ) -> tuple[RunStore, bool]:
     """The run to write into (the recipe's dataset, or with --new-run the next free name, locked into `held` too)."""
+    store, mode = target_store(recipe, rhash, new_run=new_run, force=force, held=held)
+    if mode == "new":
+        store.root.mkdir(parents=True, exist_ok=True)
+        store.write_manifest(new_manifest(recipe, rhash, recipe_file, overrides, store.name))
+        return store, False
+    manifest = store.read_manifest()
+    if mode == "force" or manifest.get("recipe") != recipe.model_dump(mode="json"):
+        store.write_manifest(updated_manifest(manifest, recipe, rhash, overrides, forced=mode == "force"))
+    return store, True
+
+
+def target_store(recipe: GenerateRecipe, rhash: str, *, new_run: bool, force: bool,
+                 held: contextlib.ExitStack) -> tuple[RunStore, str]:
+    """The run a recipe writes into and how: "new", "resume" (same samples) or "force". Writes nothing
+    but the lock of a --new-run run, taken into `held`."""
     store = RunStore.for_dataset(recipe.output.dataset)
     if store.exists():
         manifest = store.read_manifest()
         if manifest.get("recipe_hash") == rhash:
-            if manifest.get("recipe") != recipe.model_dump(mode="json"):
-                # Same samples, new filters/selection/throughput settings: the run keeps them for `factory filter`.
-                manifest["recipe"] = recipe.model_dump(mode="json")
-                store.write_manifest(manifest)
-            return store, True
+            return store, "resume"
         if new_run:
             store = _next_free_run(store)
             held.enter_context(store.lock("generate"))
-        elif force:
+            return store, "new"
+        if force:
             log.warning("recipe changed (hash %s → %s); --force: appending into run %s", manifest.get("recipe_hash"), rhash, store.name)
-            manifest.setdefault("history", []).append({"at": utc_now().isoformat(), "recipe_hash": rhash, "forced": True})
-            manifest.update(recipe_hash=rhash, recipe=recipe.model_dump(mode="json"), overrides=overrides)
-            store.write_manifest(manifest)
-            return store, True
-        else:
-            raise StoreError(
-                f"run '{store.name}' ({store.root}) was made by a different recipe (hash {manifest.get('recipe_hash')} ≠ {rhash}); "
-                "pass --new-run to start a new run beside it, or --force to append to it anyway"
-            )
-    elif store.root.exists() and any(store.root.iterdir()):
+            return store, "force"
+        raise StoreError(
+            f"run '{store.name}' ({store.root}) was made by a different recipe (hash {manifest.get('recipe_hash')} ≠ {rhash}); "
+            "pass --new-run to start a new run beside it, or --force to append to it anyway"
+        )
+    if store.root.exists() and any(store.root.iterdir()):
         raise StoreError(f"{store.root}: exists but has no manifest.json; not a factory run (move it away or pick output.dataset)")
-    store.root.mkdir(parents=True, exist_ok=True)
-    store.write_manifest(_new_manifest(recipe, rhash, recipe_file, overrides, store.name))
-    return store, False
+    return store, "new"
+
+
+def updated_manifest(manifest: dict[str, Any], recipe: GenerateRecipe, rhash: str, overrides: list[str], *, forced: bool) -> dict[str, Any]:
+    """An existing run's manifest, resumed or forced by this recipe."""
+    manifest = dict(manifest)
+    if forced:
+        manifest.setdefault("history", []).append({"at": utc_now().isoformat(), "recipe_hash": rhash, "forced": True})
+        manifest.update(recipe_hash=rhash, recipe=recipe.model_dump(mode="json"), overrides=overrides)
+    else:
+        # Same samples, new filters/selection/throughput settings: the run keeps them for `factory filter`.
+        manifest["recipe"] = recipe.model_dump(mode="json")
+    return manifest
 
 
 def _next_free_run(store: RunStore) -> RunStore:
@@ -153,7 +172,7 @@ def _next_free_run(store: RunStore) -> RunStore:
     return RunStore(store.root.parent / f"{store.name}-{index}")
 
 
-def _new_manifest(recipe: GenerateRecipe, rhash: str, recipe_file: Path, overrides: list[str], run: str) -> dict[str, Any]:
+def new_manifest(recipe: GenerateRecipe, rhash: str, recipe_file: Path, overrides: list[str], run: str) -> dict[str, Any]:
     return {
         "kind": "generate",
         "run": run,

@@ -94,7 +94,7 @@ def resolve_model(name_or_path: str, *, build: bool = True) -> str:
     return name_or_path  # a hub id, for machines that have a hub
 
 
-def ensure_model(name: str, *, seed: int = 0) -> Path:
+def ensure_model(name: str, *, seed: int = 0, progress: bool = False) -> Path:
     """The directory of a tiny model, building every tiny model on first use.
 
     Several processes (tests, a server, the demo) may ask at once: a file lock
@@ -114,11 +114,11 @@ def ensure_model(name: str, *, seed: int = 0) -> Path:
                 build_arith_models(models_dir(), seed=seed)
             else:
                 log.info("building tiny models into %s (first use; about two minutes on 2 CPU cores)", models_dir())
-                build_tiny_models(models_dir(), seed=seed)
+                build_tiny_models(models_dir(), seed=seed, progress=progress)
     return target
 
 
-def build_tiny_models(out_dir: Path, *, seed: int = 0, teacher_steps: int = 600, force: bool = False) -> dict[str, Path]:
+def build_tiny_models(out_dir: Path, *, seed: int = 0, teacher_steps: int = 600, force: bool = False, progress: bool = False) -> dict[str, Path]:
     """Build the tokenizer, both students and the format-taught teacher into `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {name: out_dir / name for name in TINY_MODELS}
@@ -130,7 +130,7 @@ def build_tiny_models(out_dir: Path, *, seed: int = 0, teacher_steps: int = 600,
         model = _new_model(arch, tokenizer, spec, seed=seed)
         _save_atomically(paths[name], model, tokenizer, {"arch": arch, "trained": False, "seed": seed})
     teacher = _new_model("qwen2", tokenizer, spec, seed=seed)
-    losses = teach_r1_format(teacher, tokenizer, steps=teacher_steps, seed=seed)
+    losses = teach_r1_format(teacher, tokenizer, steps=teacher_steps, seed=seed, progress=progress)
     _save_atomically(
         paths["tiny-r1"], teacher, tokenizer, {"arch": "qwen2", "trained": True, "steps": teacher_steps, "seed": seed, "final_loss": losses[-1]}
     )
@@ -262,7 +262,7 @@ def _plain_chat_example(rng: random.Random) -> SyntheticExample:
     return SyntheticExample(None, user, assistant)
 
 
-def teach_r1_format(model, tokenizer, *, steps: int, seed: int, batch_size: int = 16, lr: float = 4e-3) -> list[float]:
+def teach_r1_format(model, tokenizer, *, steps: int, seed: int, batch_size: int = 16, lr: float = 4e-3, progress: bool = False) -> list[float]:
     """A short CPU training so the tiny teacher writes `<think>…</think>` then a boxed answer."""
     rng = random.Random(seed + 1)
     examples = synthetic_reasoning_examples(steps * batch_size // 4, rng)
@@ -274,6 +274,8 @@ def train_on_examples(model, tokenizer, examples: list[SyntheticExample], *, ste
     """Plain next-token training on the assistant turns of `examples` (one-cycle LR, AdamW)."""
     import torch
 
+    from factory.progress import RateProgress
+
     torch.manual_seed(seed)
     rng = rng or random.Random(seed + 1)
     encoded = [_encode_example(tokenizer, ex) for ex in examples]
@@ -282,19 +284,21 @@ def train_on_examples(model, tokenizer, examples: list[SyntheticExample], *, ste
     model.train()
     losses: list[float] = []
     order = list(range(len(encoded)))
-    for step in range(steps):
-        if step * batch_size % len(order) < batch_size:
-            rng.shuffle(order)
-        start = (step * batch_size) % len(order)
-        batch = [encoded[order[(start + i) % len(order)]] for i in range(batch_size)]
-        input_ids, labels, attention = _collate(batch, tokenizer.pad_token_id)
-        loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
+    with RateProgress("tiny-r1: teaching the R1 format", total=steps, enabled=progress, unit="steps") as bar:
+        for step in range(steps):
+            if step * batch_size % len(order) < batch_size:
+                rng.shuffle(order)
+            start = (step * batch_size) % len(order)
+            batch = [encoded[order[(start + i) % len(order)]] for i in range(batch_size)]
+            input_ids, labels, attention = _collate(batch, tokenizer.pad_token_id)
+            loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+            bar.update(1)
     model.eval()
     return losses
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from types import TracebackType
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -24,10 +25,10 @@ class RateProgress:
         self._last_draw = 0.0
         if enabled:
             self._progress = Progress(
-                TextColumn("[bold]{task.description}"),
+                TextColumn("{task.description}", style="bold", markup=False),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("{task.fields[rates]}"),
+                TextColumn("{task.fields[rates]}", markup=False),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
                 console=Console(file=sys.stderr),
@@ -45,6 +46,11 @@ class RateProgress:
             if self._pending:
                 self._progress.update(self._task, advance=self._pending)
             self._progress.stop()
+
+    def note(self, line: str) -> None:
+        """A line printed above the bar (e.g. the loss every N steps); nothing when the display is off."""
+        if self._progress:
+            self._progress.console.print(line, markup=False, highlight=False)
 
     def update(self, advance: int = 1, *, tokens: int = 0, errors: int = 0, retries: int = 0) -> None:
         self.count += advance
@@ -65,3 +71,41 @@ class RateProgress:
             rates += f" · errors {errors} · retries {retries}"
         self._progress.update(self._task, advance=self._pending, rates=rates)
         self._pending = 0
+
+
+def training_progress(*, enabled: bool, loss_lines: int = 10) -> Any:
+    """A TRL/transformers trainer callback: one progress bar for the run and a loss line every N steps,
+    N chosen so a run prints about `loss_lines` of them (instead of the trainer's dict per step)."""
+    from transformers import TrainerCallback
+
+    class TrainingProgress(TrainerCallback):
+        def __init__(self) -> None:
+            self.display: RateProgress | None = None
+            self.every = 1
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            total = max(int(state.max_steps or 0), 1)
+            self.every = max(1, round(total / max(loss_lines, 1)))
+            self.display = RateProgress("distill", total=total, done=int(state.global_step),
+                                        enabled=enabled and state.is_world_process_zero, unit="steps").__enter__()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if self.display:
+                self.display.update(1)
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+            step = int(state.global_step)
+            if self.display and logs and "loss" in logs and (step % self.every == 0 or step == state.max_steps):
+                parts = [f"step {step}/{state.max_steps}", f"loss {float(logs['loss']):.4f}"]
+                if "learning_rate" in logs:
+                    parts.append(f"lr {float(logs['learning_rate']):.2e}")
+                if "grad_norm" in logs:
+                    parts.append(f"grad_norm {float(logs['grad_norm']):.3g}")
+                self.display.note(" · ".join(parts))
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if self.display:
+                self.display.__exit__(None, None, None)
+                self.display = None
+
+    return TrainingProgress()

@@ -43,8 +43,17 @@ class FieldMap(Strict):
     reference: str | None = None
     task_type: str | None = None
     tests: str | None = None
-    language: str | None = None
+    language: str | None = None  # a column holding each row's language code; else `language` below
     system: str | None = None
+
+
+def _check_language(value: str) -> str:
+    """``auto`` or a language code / script name the language step can judge against."""
+    from verifiers.language import is_known_target
+
+    if value != "auto" and not is_known_target(value):
+        raise ValueError(f"expected auto or a language code such as en, zh, ja, ru, ar (or a script name such as han), got {value!r}")
+    return value
 
 
 class SourceConfig(Strict):
@@ -54,8 +63,11 @@ class SourceConfig(Strict):
     split: str | None = None  # for DatasetDict directories
     fields: FieldMap = FieldMap()
     task_type: TaskType = "math"  # used when `fields.task_type` is absent
-    language: str = "en"
+    language: str = "auto"  # auto: each prompt's language detected by script share; or a code (en, zh, ...)
     limit: int | None = Field(default=None, ge=1)  # first N rows, for small runs
+    license: str | None = None  # the prompts' licence (a Hub licence id, e.g. mit); exported datasets inherit it
+
+    _language = field_validator("language")(_check_language)
 
 
 # ---------------------------------------------------------------- teacher
@@ -101,24 +113,54 @@ class VLLMOptions(Strict):
 
 
 class ReplayFields(Strict):
-    """Where a trace file keeps its parts: either chat `messages`, or prompt + generation columns."""
+    """Where a trace file keeps its parts (the generic column mapping; known shapes need none of it)."""
 
-    prompt_id: str | None = None
-    messages: str | None = None
+    prompt_id: str | None = None  # default: a hash of the prompt text, so repeated prompts group
+    messages: str | None = None  # a chat column other than conversations/messages
     prompt: str | None = "problem"
-    generation: str | None = "generation"
-    reasoning: str | None = None
-    reference: str | None = None
+    generation: str | None = "generation"  # a string, or a list: one sample per element
+    reasoning: str | None = None  # a separate reasoning column (string, or a list parallel to generation)
+    reference: str | None = None  # default: the first of answer, reference, ground_truth, final_answer, gold
     task_type: str | None = None
     tests: str | None = None  # code tests (HumanEval/MBPP/stdin-stdout), as for sources.fields.tests
     model: str | None = None
+    system: str | None = None  # default: a `system` column, when there is one
+    language: str | None = None  # a column holding each row's language code
+    labels: list[str] | None = None  # per-element label columns; default: every list as long as the generations
+
+
+TraceShape = Literal["auto", "sharegpt", "messages", "prompt_completion", "alpaca", "openr1", "columns"]
+ThinkingConvention = Literal["auto", "think", "thought_solution", "missing_open", "tags", "none"]
 
 
 class ReplayOptions(Strict):
-    path: str
-    format: Literal["auto", "jsonl", "parquet"] = "auto"
+    path: str  # JSONL, Parquet (file or dir) or a `datasets.save_to_disk` dir; relative to the recipe file
+    format: TraceShape = "auto"  # auto: recognised per row, and the import reports which shapes it saw
+    file_format: Literal["auto", "jsonl", "parquet", "datasets"] = "auto"
+    split: str | None = None  # for DatasetDict directories
     fields: ReplayFields = ReplayFields()
+    thinking: ThinkingConvention = "auto"  # how reasoning is delimited; auto recognises the known ones
+    think_tags: tuple[str, str] | None = None  # custom [open, close] tags, e.g. ["<reasoning>", "</reasoning>"]
+    language: str = "auto"  # auto: each prompt's language detected by script share; or a code (en, zh, ...)
     default_task_type: TaskType = "math"
+    limit: int | None = Field(default=None, ge=1)  # first N rows, for small imports
+
+    _language = field_validator("language")(_check_language)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _file_format_was_format(cls, data: Any) -> Any:
+        # Before trace shapes existed, `format` named the file type; such recipes keep working.
+        if isinstance(data, dict) and data.get("format") in ("jsonl", "parquet", "datasets") and "file_format" not in data:
+            data = {**data, "file_format": data["format"], "format": "auto"}
+        return data
+
+    @field_validator("think_tags")
+    @classmethod
+    def _tags_differ(cls, value: tuple[str, str] | None) -> tuple[str, str] | None:
+        if value is not None and (not value[0].strip() or not value[1].strip() or value[0] in value[1] or value[1] in value[0]):
+            raise ValueError(f"expected two different non-blank tags [open, close], neither inside the other, got {list(value)!r}")
+        return value
 
 
 class TeacherConfig(Strict):
@@ -200,6 +242,7 @@ class GenerateRecipe(Strict):
     description: str = ""
     seed: int = 0
     target_samples: int | None = None  # the paper-scale goal this recipe is written for (documentation)
+    license: str | None = None  # licence of the exported dataset (a Hub licence id); default: the sources' one
     sources: list[SourceConfig] = Field(default_factory=list)  # may be empty only for replay
     teacher: TeacherConfig
     template: TemplateConfig = TemplateConfig()
@@ -235,6 +278,7 @@ class MixRecipe(Strict):
     description: str = ""
     seed: int = 0
     scale: float = Field(default=1.0, gt=0)  # 1.0 = paper scale (600K + 200K); small runs take what exists
+    license: str | None = None  # licence of the exported mix; default: the component runs' one
     stratify_by: list[Literal["task_type", "source", "teacher_role"]] = Field(default_factory=lambda: ["task_type", "source"])
     components: list[MixComponent] = Field(min_length=1)
     dedup_exact: bool = True  # drop a sample whose prompt + response is already in the mix (earlier components win)
@@ -373,6 +417,9 @@ def recipe_hash(recipe: Recipe) -> str:
         # Throughput knobs and downstream steps do not change samples, so a run may resume across them.
         data.pop("description", None)
         data.pop("target_samples", None)
+        data.pop("license", None)  # documentation: changes no sample
+        for source in data.get("sources", []):
+            source.pop("license", None)
         data.pop("filters", None)
         data.pop("selection", None)
         data.pop("generation", None)
@@ -386,9 +433,16 @@ def recipe_hash(recipe: Recipe) -> str:
         teacher["transformers"].pop("batch_size", None)
         teacher["transformers"].pop("device", None)
         teacher["vllm"].pop("batch_size", None)
-        replay_fields = (teacher.get("replay") or {}).get("fields") or {}
-        if replay_fields.get("tests") is None:  # added later: runs from before keep their hash
-            replay_fields.pop("tests", None)
+        replay = teacher.get("replay") or {}
+        replay_fields = replay.get("fields") or {}
+        # Settings added later, at their defaults: runs imported before keep their hash.
+        for key in ("tests", "system", "language", "labels"):
+            if replay_fields.get(key) is None:
+                replay_fields.pop(key, None)
+        for key, default in (("file_format", "auto"), ("split", None), ("thinking", "auto"), ("think_tags", None),
+                             ("language", "auto"), ("limit", None)):
+            if key in replay and replay[key] == default:
+                replay.pop(key)
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

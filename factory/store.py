@@ -73,8 +73,14 @@ SAMPLE_SCHEMA = pa.schema(
         ("attempts", pa.int32()),
         ("endpoint", pa.string()),
         ("created_at", pa.timestamp("us", tz="UTC")),
+        # Imports: how the source delimited its reasoning (think, thought_solution, missing_open,
+        # field, tags, none), and the source's own per-sample labels as JSON text.
+        ("thinking", pa.string()),
+        ("source_labels", pa.string()),
     ]
 )
+# Columns added after stores were first written: shards without them read as nulls.
+_LATER_COLUMNS = ("thinking", "source_labels")
 
 VERDICT_SCHEMA = pa.schema(
     [
@@ -275,19 +281,22 @@ class RunStore:
     def read_column(self, column: str) -> list[Any]:
         values: list[Any] = []
         for shard in self.sample_shards():
-            values.extend(pq.read_table(shard, columns=[column]).column(column).to_pylist())
+            values.extend(_read_sample_shard(shard, [column]).column(column).to_pylist())
         return values
 
     def read_samples(self, columns: Sequence[str] | None = None) -> pa.Table:
         shards = self.sample_shards()
         if not shards:
             return SAMPLE_SCHEMA.empty_table() if columns is None else SAMPLE_SCHEMA.empty_table().select(list(columns))
-        tables = [pq.read_table(s, columns=list(columns) if columns else None) for s in shards]
-        return pa.concat_tables(tables)
+        return pa.concat_tables([_read_sample_shard(s, columns) for s in shards])
 
     def iter_sample_batches(self, columns: Sequence[str] | None = None, batch_size: int = 4096) -> Iterable[pa.RecordBatch]:
         for shard in self.sample_shards():
-            yield from pq.ParquetFile(shard).iter_batches(batch_size=batch_size, columns=list(columns) if columns else None)
+            wanted = list(columns) if columns else SAMPLE_SCHEMA.names
+            if set(wanted) <= set(pq.read_schema(shard).names):
+                yield from pq.ParquetFile(shard).iter_batches(batch_size=batch_size, columns=wanted)
+            else:  # an older shard: a shard is one flush, so reading it whole stays bounded
+                yield from _read_sample_shard(shard, columns).to_batches(max_chunksize=batch_size)
 
     # ---------------------------------------------------------------- verdicts
     def verdict_dir(self, step: str) -> Path:
@@ -367,11 +376,29 @@ def _describe_holder(holder: dict[str, Any]) -> str:
             f"since {str(holder.get('since', '?'))[:19]})")
 
 
+def _read_sample_shard(shard: Path, columns: Sequence[str] | None) -> pa.Table:
+    """One shard in today's schema: columns added since it was written come back as nulls."""
+    wanted = list(columns) if columns else SAMPLE_SCHEMA.names
+    present = set(pq.read_schema(shard).names)
+    missing = [c for c in wanted if c not in present]
+    if not missing:
+        return pq.read_table(shard, columns=wanted)
+    unknown = [c for c in missing if c not in _LATER_COLUMNS]
+    if unknown:
+        raise StoreError(f"{shard}: no column {unknown[0]!r}; expected a sample shard of this store")
+    table = pq.read_table(shard, columns=[c for c in wanted if c in present])
+    for column in missing:
+        field = SAMPLE_SCHEMA.field(column)
+        table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    return table.select(wanted)
+
+
 def list_runs(base: Path | None = None) -> list[RunStore]:
     base = base or runs_dir()
     if not base.exists():
         return []
-    return [RunStore(p) for p in sorted(base.iterdir()) if (p / "manifest.json").exists()]
+    # Dot-directories are imports being staged, not runs (yet).
+    return [RunStore(p) for p in sorted(base.iterdir()) if not p.name.startswith(".") and (p / "manifest.json").exists()]
 
 
 def open_run(name: str | None, base: Path | None = None) -> RunStore:

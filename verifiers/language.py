@@ -40,7 +40,8 @@ import numpy as np
 from .verdict import Verdict, check_known_options, check_range, fail, ok
 
 __all__ = ["LanguageConfig", "check_language_consistency", "validate_language_params", "script_units",
-           "dominant_script", "target_scripts", "SCRIPTS", "LANGUAGE_REASON_CODES"]
+           "dominant_script", "detect_language", "is_known_target", "target_scripts", "SCRIPTS",
+           "LANGUAGE_REASON_CODES"]
 
 LANGUAGE_REASON_CODES: tuple[str, ...] = ("mixed_language", "answer_language")
 
@@ -281,6 +282,82 @@ def dominant_script(text: str) -> str | None:
 
 
 _ANY_LETTER = re.compile(r"[^\W\d_]")
+
+
+# The language a script is written for, when a prompt is detected by script. Scripts with
+# no entry are their own target (``target_scripts`` accepts script names).
+_SCRIPT_LANGUAGE: dict[str, str] = {
+    "latin": "en", "han": "zh", "bopomofo": "zh", "hiragana": "ja", "katakana": "ja", "hangul": "ko",
+    "cyrillic": "ru", "arabic": "ar", "greek": "el", "hebrew": "he", "devanagari": "hi", "bengali": "bn",
+    "tamil": "ta", "telugu": "te", "thai": "th", "armenian": "hy", "georgian": "ka",
+}
+_KANA = ("hiragana", "katakana")
+# Identifiers written in code (snake_case, dotted names, calls) and the commonest keywords of
+# Python/JS/C: not words of any language.
+_CODE_TOKEN = re.compile(
+    r"[A-Za-z_][A-Za-z0-9_]*(?:(?:[_.][A-Za-z0-9_]+)+|\()"
+    r"|\b(?:def|return|lambda|import|from|class|elif|else|while|print|self|None|True|False|null|true|false|const|"
+    r"let|var|function|void|public|static|struct|include|printf|std)\b")
+
+
+def detect_language(text: str) -> str | None:
+    """The language a prompt is written in, by script share: a code from the table that
+    ``target_scripts`` understands (``"zh"``, ``"ja"``, ``"ru"``, ``"en"`` for any Latin
+    script), a script name for scripts with no language code, or None when ``text`` has no
+    letters ("2 + 2 = ?").
+
+    Latin words are common inside non-Latin prompts (code, variable names, technical terms)
+    and rare the other way round, so code, math, identifiers and Latin tokens of at most
+    three letters are dropped first, and a non-Latin script wins when it has at least as
+    many units as the Latin words left. Any kana makes Han text Japanese.
+    """
+    if text.isascii():
+        return "en" if _ANY_LETTER.search(text) is not None else None
+    counts = script_units(_CODE_TOKEN.sub(" ", text), strip_latin_short=True)
+    if not counts:
+        # Nothing but notation ("x ≤ y"): Latin letters alone still say Latin.
+        return "en" if _ANY_LETTER.search(text) is not None and _all_letters_latin(text) else None
+    kana = sum(counts.get(s, 0) for s in _KANA)
+    if kana:
+        # Japanese mixes kanji and kana; judge Han + kana together as one script.
+        counts["hiragana"] = kana + counts.pop("han", 0)
+        counts.pop("katakana", None)
+    latin = counts.pop("latin", 0)
+    if not counts:
+        return "en"
+    script = max(counts, key=counts.__getitem__)
+    # A question is usually asked in the language it starts with: that one needs half the share.
+    if counts[script] < latin and not (counts[script] >= latin / 2 and _first_script(text) == script):
+        return "en"
+    if script == "other":  # letters of a script the table does not know: nothing to judge against
+        return "en" if latin else None
+    return _SCRIPT_LANGUAGE.get(script, script)
+
+
+def _first_script(text: str) -> str | None:
+    """The script of the first prose letter (code and math removed; kana counted as Japanese)."""
+    prose = _NON_PROSE.sub(" ", _CODE_TOKEN.sub(" ", text))
+    letter = _ANY_LETTER.search(prose)
+    if letter is None:
+        return None
+    script = SCRIPTS[int(_script_table()[ord(letter.group())])]
+    if script in ("han", "katakana"):  # detect_language judges Japanese as one "hiragana" script
+        return "hiragana" if _KANA_CHAR.search(prose) is not None else script
+    return script
+
+
+_KANA_CHAR = re.compile(r"[\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9f]")
+
+
+def is_known_target(target: str | None) -> bool:
+    """Whether ``target`` is a language code or script name this module can judge."""
+    if not isinstance(target, str) or not target:
+        return False
+    try:
+        target_scripts(target)
+    except ValueError:
+        return False
+    return True
 
 
 # Non-prose spans, removed before counting. Unclosed fences run to the end of the text.

@@ -16,6 +16,8 @@ from factory.steps.base import (
 from verifiers.language import (
     LanguageConfig,
     check_language_consistency,
+    detect_language,
+    is_known_target,
     validate_language_params,
 )
 
@@ -27,7 +29,7 @@ def _with_target(settings: dict[str, Any]) -> dict[str, Any]:
 
 class LanguageStep(FilterStep):
     name = "language"
-    columns = ("reasoning", "answer", "language")
+    columns = ("reasoning", "answer", "language", "prompt")
     Params = params_from_config(LanguageConfig, validate_language_params, "language",
                                 extra={"target": (str | None, None)}, rewrite=_with_target)
 
@@ -36,6 +38,15 @@ class LanguageStep(FilterStep):
         target = settings.pop("target")
         return [
             from_verifier(check_language_consistency(r["reasoning"] or "", r["answer"] or "",
-                                                     target=target or r["language"] or "en", **settings))
+                                                     target=target or row_language(r), **settings))
             for r in rows_of(batch, self.columns)
         ]
+
+
+def row_language(row: dict[str, Any]) -> str:
+    """The language a sample's reasoning must be in: its prompt's (stored, else detected by script);
+    a prompt with no letters ("2 + 2 = ?") leaves the reasoning free to pick one, but only one."""
+    stored = row["language"]
+    if stored and is_known_target(stored):
+        return stored
+    return detect_language(row["prompt"] or "") or detect_language(row["reasoning"] or "") or "en"

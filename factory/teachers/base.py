@@ -72,6 +72,13 @@ def split_think(text: str, reasoning: str | None = None) -> tuple[str, str | Non
         return text, match.group(1).strip(), text[match.end():].strip()
     if "<think>" in text:  # opened but never closed: reasoning ran to the end
         return text, text.split("<think>", 1)[1].strip(), ""
+    # Other conventions (OpenThoughts' <|begin_of_thought|>, a template that emitted <think> in the
+    # prompt): the text stays as written, but the answer never carries the reasoning or its tags.
+    from factory.teachers.traces import normalise_thinking
+
+    parsed = normalise_thinking(text)
+    if parsed.reasoning is not None:
+        return text, parsed.reasoning, parsed.answer
     return text, None, text.strip()
 
 
