@@ -409,6 +409,8 @@ def experiment_curation(
 
     Example: factory experiment curation --seeds 0,1,2 --ablate
     """
+    from rich.table import Table
+
     from factory.experiment import CurationSettings, round_table, run_curation
 
     try:
