@@ -54,10 +54,8 @@ CASES = [
          {"r.yaml": RECIPE.format(source="nope.jsonl").encode()}),
     Case("generate wrong type override", ["generate", "--recipe", "r.yaml", "sampling.n=many"], "sampling.n",
          {"src.jsonl": GOOD, "r.yaml": RECIPE.format(source="src.jsonl").encode()}),
-    pytest.param(Case("generate replay latin-1", ["generate", "--recipe", "r.yaml"], "traces.jsonl:1: not UTF-8",
-                      {"traces.jsonl": LATIN1, "r.yaml": REPLAY.format(source="traces.jsonl").encode()}),
-                 marks=pytest.mark.xfail(reason="issue 14 item 3 (a failed import leaves its run behind) is fixed with "
-                                                "the import work of issue 15", strict=False)),
+    Case("generate replay latin-1", ["generate", "--recipe", "r.yaml"], "traces.jsonl:1: not UTF-8",
+         {"traces.jsonl": LATIN1, "r.yaml": REPLAY.format(source="traces.jsonl").encode()}),
     Case("generate missing recipe", ["generate", "--recipe", "no_such_recipe"], "no_such_recipe"),
     Case("verify math latin-1", ["verify", "math", "in.jsonl"], "in.jsonl:1: not UTF-8", {"in.jsonl": LATIN1}),
     Case("verify math binary", ["verify", "math", "in.jsonl"], "in.jsonl:2: not UTF-8", {"in.jsonl": BINARY}),

@@ -71,9 +71,10 @@ def stored_ids(run_dir: Path) -> list[str]:
 
 
 def kill_at_random_points(args: list[str], *, home: Path, progress: Callable[[], int], rng: random.Random,
-                          max_delay_s: float, attempts: int = 3) -> int:
+                          max_delay_s: float, attempts: int = 3, progress_at_kills: list[int] | None = None) -> int:
     """Start the CLI `attempts` times; each time, once `progress()` moves past what earlier
-    attempts left, SIGKILL it after a random delay. Returns how many runs were killed."""
+    attempts left, SIGKILL it after a random delay. Returns how many runs were killed;
+    `progress_at_kills` receives `progress()` right after each kill."""
     env = {**os.environ, "FACTORY_HOME": str(home), "PYTHONPATH": str(REPO)}
     kills = 0
     for _ in range(attempts):
@@ -87,6 +88,9 @@ def kill_at_random_points(args: list[str], *, home: Path, progress: Callable[[],
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
+            proc.wait(timeout=30)
+            if progress_at_kills is not None:
+                progress_at_kills.append(progress())
         proc.wait(timeout=30)
     return kills
 
@@ -273,10 +277,11 @@ def test_filter_killed_at_random_points_resumes_to_the_same_verdicts(factory_hom
     run_cli("filter", "--run", "replayed", "--quiet", home=reference_home)
     expected = _verdict_rows(reference_home / "runs" / "replayed")
 
+    at_kills: list[int] = []
     kills = kill_at_random_points(["filter", "--run", "replayed", "--quiet"], home=factory_home,
                                   progress=lambda: len(_verdict_rows(run_dir)) if (run_dir / "verdicts").exists() else 0,
-                                  rng=random.Random(9), max_delay_s=1.0)
-    assert kills >= 1 and len(_verdict_rows(run_dir)) < len(expected)  # really stopped short
+                                  rng=random.Random(9), max_delay_s=1.0, progress_at_kills=at_kills)
+    assert kills >= 1 and min(at_kills) < len(expected)  # a kill really stopped it short
     run_cli("filter", "--run", "replayed", "--quiet", home=factory_home)
     resumed = _verdict_rows(run_dir)
     decided = Counter((sample_id, step) for sample_id, step, _, _ in resumed)
