@@ -266,11 +266,13 @@ def teach_r1_format(model, tokenizer, *, steps: int, seed: int, batch_size: int 
     """A short CPU training so the tiny teacher writes `<think>…</think>` then a boxed answer."""
     rng = random.Random(seed + 1)
     examples = synthetic_reasoning_examples(steps * batch_size // 4, rng)
-    return train_on_examples(model, tokenizer, examples, steps=steps, seed=seed, batch_size=batch_size, lr=lr, rng=rng)
+    return train_on_examples(model, tokenizer, examples, steps=steps, seed=seed, batch_size=batch_size, lr=lr, rng=rng,
+                             label="tiny-r1: teaching the R1 format", progress=progress)
 
 
 def train_on_examples(model, tokenizer, examples: list[SyntheticExample], *, steps: int, seed: int, batch_size: int = 16,
-                      lr: float = 4e-3, rng: random.Random | None = None) -> list[float]:
+                      lr: float = 4e-3, rng: random.Random | None = None, label: str = "training",
+                      progress: bool = False) -> list[float]:
     """Plain next-token training on the assistant turns of `examples` (one-cycle LR, AdamW)."""
     import torch
 
@@ -284,7 +286,7 @@ def train_on_examples(model, tokenizer, examples: list[SyntheticExample], *, ste
     model.train()
     losses: list[float] = []
     order = list(range(len(encoded)))
-    with RateProgress("tiny-r1: teaching the R1 format", total=steps, enabled=progress, unit="steps") as bar:
+    with RateProgress(label, total=steps, enabled=progress, unit="steps") as bar:
         for step in range(steps):
             if step * batch_size % len(order) < batch_size:
                 rng.shuffle(order)
@@ -372,11 +374,13 @@ def build_arith_models(out_dir: Path, *, seed: int = 0, base_steps: int = ARITH_
         clean = [SyntheticExample(None, f"{q.problem}\n\n{MATH_INSTRUCTION}", tasks.flawed_chain(q, None))
                  for q in (tasks.expression_form(p) for p in train)]
         model = _new_model("qwen2", tokenizer, TinyModelSpec(), seed=seed)
-        base_losses = train_on_examples(model, tokenizer, clean, steps=base_steps, seed=seed, lr=4e-3, rng=random.Random(seed + 7))
+        base_losses = train_on_examples(model, tokenizer, clean, steps=base_steps, seed=seed, lr=4e-3, rng=random.Random(seed + 7),
+                                        label="tiny-base-arith: clean expressions")
         _save_atomically(paths["tiny-base-arith"], model, tokenizer, {**base_meta, "final_loss": base_losses[-1]})
     rng = random.Random(seed + 8)  # its own stream: the teacher is the same whether or not the base was rebuilt
     flawed = [SyntheticExample(None, chat.user, chat.assistant) for chat, _ in tasks.teacher_examples(train, rng, MATH_INSTRUCTION)]
-    losses = train_on_examples(model, tokenizer, flawed, steps=teacher_steps, seed=seed + 1, lr=3e-3, rng=rng)
+    losses = train_on_examples(model, tokenizer, flawed, steps=teacher_steps, seed=seed + 1, lr=3e-3, rng=rng,
+                                label="tiny-teacher-arith: flawed word problems")
     _save_atomically(paths["tiny-teacher-arith"], model, tokenizer, {"arch": "qwen2", "trained": True, "task": "arith", "base": "tiny-base-arith",
                                                                       "steps": base_steps + teacher_steps, "seed": seed, "flaws": tasks.TEACHER_FLAWS,
                                                                       "final_loss": losses[-1]})
