@@ -275,3 +275,34 @@ def test_short_texts_need_a_higher_similarity() -> None:
     assert pair_thresholds(0.3, np.array([4]), 0)[0] == pytest.approx(0.3)
     with pytest.raises(ValueError, match="short_text_shingles"):
         DedupParams(short_text_shingles=-1).validate()
+
+
+def test_verdicts_do_not_depend_on_arrival_order_or_chunking() -> None:
+    """Clusters of near copies (LSH buckets of 4+ members, where not every pair is compared) and
+    exact copies: any order and any chunking of the same items gives the same verdicts."""
+    texts = _gsm8k_texts(6)
+    items: list[tuple[str, str]] = []
+    for b, text in enumerate(texts):
+        items.append((f"b{b}", text))
+        for k in range(12):
+            edited = _edit_words(text, random.Random(k).choice([0.1, 0.2, 0.3, 0.4]), 100 * b + k)
+            items.append((f"b{b}e{k}", edited))
+            if k % 3 == 0:
+                items.append((f"b{b}e{k}x", edited.upper()))   # an exact copy of the edit
+    params = DedupParams()
+
+    def verdicts(order: list[int], chunk: int) -> dict[str, tuple]:
+        dedup = Deduplicator(params)
+        chosen = [items[i] for i in order]
+        for s in range(0, len(chosen), chunk):
+            part = chosen[s:s + chunk]
+            dedup.add([i for i, _ in part], sketch_batch([t for _, t in part], params),
+                      [(len(t), i) for i, t in part])
+        return {v.id: (v.kept, v.kind, v.cluster_id, v.similarity, v.cluster_size) for v in dedup.resolve()}
+
+    expected = verdicts(list(range(len(items))), len(items))
+    assert {kind for _, kind, *_ in expected.values()} == {"unique", "exact", "near"}
+    for seed, chunk in enumerate([3, 7, 64, 1000] * 3):
+        order = list(range(len(items)))
+        random.Random(seed).shuffle(order)
+        assert verdicts(order, chunk) == expected, (seed, chunk)

@@ -460,7 +460,10 @@ def _band_keys(sigs: np.ndarray, rows: int, band: int) -> np.ndarray:
 
 def _candidate_pairs(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
     """(k, 2) int64 pairs that share at least one band bucket: each member paired with its
-    bucket's first member and with its predecessor (cheap, covers every bucket connectedly)."""
+    bucket's first member and with its predecessor (cheap, covers every bucket connectedly).
+
+    Not every pair of a bucket is compared, so which pairs are depends on the row order within
+    a bucket (stable sort): callers pass rows in an order that is a function of their content."""
     found: list[np.ndarray] = []
     for band in range(bands):
         keys = _band_keys(sigs, rows, band)
@@ -608,13 +611,18 @@ class Deduplicator:
         return self._verdicts(uf.roots(), is_ref, keys, sigs)
 
     def _merge_exact(self, keys: np.ndarray, uf: _UnionFind) -> np.ndarray:
-        """Union items with equal exact keys; returns the indices of one item per key."""
+        """Union items with equal exact keys; returns the indices of one item per key, in key order.
+
+        Key order, not arrival order: :func:`_candidate_pairs` pairs bucket members by their
+        position, so the representatives must come in an order that depends only on the texts
+        (otherwise the clusters, keepers and exact/near kinds change with chunking and worker order).
+        """
         _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
         inverse = inverse.reshape(-1)
         rep_of = first[inverse]
         for i in np.flatnonzero(rep_of != np.arange(len(keys))):
             uf.union(int(i), int(rep_of[i]))
-        return np.sort(first)
+        return first
 
     def _merge_near(self, sigs: np.ndarray, shingles: np.ndarray, reps: np.ndarray, uf: _UnionFind) -> None:
         reps = reps[shingles[reps] > 0]        # texts without a shingle have no signature to compare
