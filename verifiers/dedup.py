@@ -66,6 +66,8 @@ SKETCH_BATCH = 2_000   # documents per worker task: big enough to amortise numpy
 # Punctuation/symbols and CJK characters become tokens of their own (RE2 syntax).
 _SPLIT_PATTERN = r"([^\pL\pN_\s]|[\p{Han}\p{Hiragana}\p{Katakana}])"
 _PUNCT_TOKEN = r"^[^\pL\pN_]$"
+# Arrow's Unicode whitespace (utf8_split_whitespace's set: ASCII \t-\r, \x1c-\x1f, space, U+0085, Z*).
+_WHITESPACE = r"[\s\x{0B}\x{1C}-\x{1F}\x{85}\p{Z}]+"
 
 _M64 = 0xFFFFFFFFFFFFFFFF
 # Odd multipliers of the polynomial hashes; any odd constants work, these are fixed forever
@@ -187,7 +189,11 @@ def _casefolded(texts: Iterable[str | None]) -> list[str]:
 def _token_lists(texts: Iterable[str | None]) -> pa.ListArray:
     spaced = pc.replace_substring_regex(pa.array(_casefolded(texts), pa.large_string()),
                                         _SPLIT_PATTERN, r" \1 ")
-    return pc.utf8_split_whitespace(spaced)
+    # Not pc.utf8_split_whitespace: in pyarrow 26 it sometimes leaves the whitespace at the very
+    # end of the array's data unsplit (the last text of a batch got a token ". " instead of "."
+    # now and then, so its keys depended on the batch it was in). The same Unicode whitespace
+    # set as that kernel, by RE2; the empty tokens at either end are dropped by the callers.
+    return pc.split_pattern_regex(spaced, _WHITESPACE)
 
 
 def tokenize_batch(texts: Sequence[str | None]) -> TokenBatch:
