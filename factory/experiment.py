@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import shutil
 import statistics
@@ -112,6 +113,7 @@ class CurationReport:
     summary: dict[str, Any]
     wall_seconds: float
     cpu_seconds: float  # this process and its seed workers (torch threads included)
+    load_average: dict[str, list[float]] = field(default_factory=dict)  # host load (1, 5, 15 min) at start and end: others' jobs stretch the wall time
     report_path: str = ""
     card_path: str = ""
 
@@ -124,7 +126,7 @@ def run_curation(settings: CurationSettings) -> CurationReport:
     """Run the whole experiment (resumable: finished runs are reused) and write its report and card."""
     from factory.evaluate import run_eval
 
-    wall, cpu = time.perf_counter(), time.process_time()
+    wall, cpu, load_at_start = time.perf_counter(), time.process_time(), list(os.getloadavg())
     home = factory_home() / "experiments" / settings.name
     home.mkdir(parents=True, exist_ok=True)
     train_path, heldout_path = _write_splits(settings, home)
@@ -149,7 +151,8 @@ def run_curation(settings: CurationSettings) -> CurationReport:
                              system_prompt=None)
         references[role] = {"model": model, "pass_at_1": evaluated.pass_at_1, "pass_at_k": evaluated.pass_at_k}
     report = CurationReport(settings.name, settings.model_dump(mode="json"), rounds, references, summarize(rounds),
-                            time.perf_counter() - wall, time.process_time() - cpu + worker_cpu)
+                            time.perf_counter() - wall, time.process_time() - cpu + worker_cpu,
+                            {"start": load_at_start, "end": list(os.getloadavg())})
     report.report_path = str(home / "report.json")
     write_json_atomically(report.to_dict(), home / "report.json")
     report.card_path = str(write_card(report, home))
@@ -447,7 +450,8 @@ def write_card(report: CurationReport, home: Path) -> Path:
         f"{settings['steps']} steps each, same seed) → `factory eval` on {settings['heldout']} held-out problems, k={settings['eval_k']}. "
         f"Seeds {settings['seeds']}.",
         "",
-        f"Wall {report.wall_seconds:.0f} s, CPU {report.cpu_seconds:.0f} s (this process).",
+        f"Wall {report.wall_seconds:.0f} s, CPU {report.cpu_seconds:.0f} s (this process and its seed workers); host load average "
+        f"(1/5/15 min) {_load(report.load_average.get('start'))} at start, {_load(report.load_average.get('end'))} at end.",
         "",
         "## Per seed and generation",
         "",
@@ -473,6 +477,10 @@ def write_card(report: CurationReport, home: Path) -> Path:
     path = home / "README.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def _load(values: list[float] | None) -> str:
+    return "/".join(f"{v:.1f}" for v in values) if values else "?"
 
 
 def _plots(report: CurationReport, home: Path) -> list[str]:

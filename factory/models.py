@@ -103,12 +103,13 @@ def ensure_model(name: str, *, seed: int = 0, progress: bool = False) -> Path:
     import fcntl
 
     target = models_dir() / name
-    if _is_current(target):
+    expected = ARITH_META if name in TASK_MODELS else None
+    if _is_current(target, expected):
         return target
     models_dir().mkdir(parents=True, exist_ok=True)
     with open(models_dir() / ".build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not _is_current(target):
+        if not _is_current(target, expected):
             if name in TASK_MODELS:
                 log.info("building %s into %s (first use; a few minutes on 2 CPU cores)", name, models_dir())
                 build_arith_models(models_dir(), seed=seed)
@@ -333,14 +334,21 @@ def build_task_models(names: list[str], out_dir: Path, *, seed: int = 0, force: 
     unknown = [n for n in names if n not in TASK_MODELS]
     if unknown:
         raise FactoryError(f"model '{unknown[0]}': not a task model; expected one of {', '.join(TASK_MODELS)}")
-    if names and (force or not all(_is_current(out_dir / n) for n in TASK_MODELS)):
+    if names and (force or not all(_is_current(out_dir / n, ARITH_META) for n in TASK_MODELS)):
         build_arith_models(out_dir, seed=seed)
     return {name: out_dir / name for name in names}
 
 
 # ---------------------------------------------------------------- the arithmetic base and teacher
-ARITH_BASE_STEPS = 200
-ARITH_TEACHER_STEPS = 100
+# Measured on 2 CPU cores (batch 16, ~95 tokens a sample, ~0.08-0.25 CPU-s a step): at 1200 base +
+# 1000 teacher steps the teacher solves 87% of held-out word problems greedily and ~45% at
+# temperature 1 (its planted flaws on top); at 200 + 100 steps it learned the format but not the
+# arithmetic (~8%, chance level).
+ARITH_BASE_STEPS = 1500
+ARITH_TEACHER_STEPS = 1000
+# Bump when the arith task or its training changes: a build with other metadata is rebuilt.
+# (2: chains restate the expression first; 1500 + 1000 steps.)
+ARITH_META = {"arith_recipe": 2}
 
 
 def build_arith_models(out_dir: Path, *, seed: int = 0, base_steps: int = ARITH_BASE_STEPS,
@@ -361,7 +369,7 @@ def build_arith_models(out_dir: Path, *, seed: int = 0, base_steps: int = ARITH_
     train, _ = tasks.problem_splits(tasks.SPLIT_SEED, problems, tasks.HELDOUT_SIZE)
     paths = {"tiny-base-arith": out_dir / "tiny-base-arith", "tiny-teacher-arith": out_dir / "tiny-teacher-arith"}
     out_dir.mkdir(parents=True, exist_ok=True)
-    base_meta = {"arch": "qwen2", "trained": True, "task": "arith-expressions", "steps": base_steps, "seed": seed}
+    base_meta = {"arch": "qwen2", "trained": True, "task": "arith-expressions", "steps": base_steps, "seed": seed, **ARITH_META}
     if _is_current(paths["tiny-base-arith"], base_meta):
         # The base is the costlier half; a teacher rebuild (e.g. other flaws) starts from the saved one.
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -381,7 +389,7 @@ def build_arith_models(out_dir: Path, *, seed: int = 0, base_steps: int = ARITH_
     flawed = [SyntheticExample(None, chat.user, chat.assistant) for chat, _ in tasks.teacher_examples(train, rng, MATH_INSTRUCTION)]
     losses = train_on_examples(model, tokenizer, flawed, steps=teacher_steps, seed=seed + 1, lr=3e-3, rng=rng,
                                 label="tiny-teacher-arith: flawed word problems")
-    _save_atomically(paths["tiny-teacher-arith"], model, tokenizer, {"arch": "qwen2", "trained": True, "task": "arith", "base": "tiny-base-arith",
+    _save_atomically(paths["tiny-teacher-arith"], model, tokenizer, {**ARITH_META, "arch": "qwen2", "trained": True, "task": "arith", "base": "tiny-base-arith",
                                                                       "steps": base_steps + teacher_steps, "seed": seed, "flaws": tasks.TEACHER_FLAWS,
                                                                       "final_loss": losses[-1]})
     log.info("built tiny-base-arith (loss %.3f -> %.3f) and tiny-teacher-arith (loss %.3f -> %.3f) in %s",

@@ -132,8 +132,19 @@ def write_jsonl(problems: list[ArithProblem], path: Path) -> Path:
 
 # ---------------------------------------------------------------- the teacher's chains
 def clean_chain(p: ArithProblem) -> tuple[str, str]:
-    """(reasoning, answer) of a right, well-formed solution."""
-    return "\n".join(f"{s}." for s in p.steps), f"The answer is \\boxed{{{p.answer}}}."
+    """(reasoning, answer) of a right, well-formed solution.
+
+    The chain first restates the problem as its bare expression, then computes it one
+    single-digit fact a line: reading the words and doing the arithmetic are separate steps,
+    and the arithmetic lines look the same as in a bare expression's chain.
+    """
+    return "\n".join([f"{expression(p)}."] + [f"{s}." for s in p.steps]), f"The answer is \\boxed{{{p.answer}}}."
+
+
+def expression(p: ArithProblem) -> str:
+    """"7 + 5 - 3": the computation a problem asks for."""
+    a, b, c, o1, o2 = p.key
+    return f"{a} {o1} {b} {o2} {c}"
 
 
 def flawed_chain(p: ArithProblem, flaw: str | None) -> str:
@@ -146,7 +157,7 @@ def flawed_chain(p: ArithProblem, flaw: str | None) -> str:
         wrong = _apply(first, slipped, c)
         if wrong < 0:  # keep the slip plausible: no negative counts
             wrong = first + c + 1
-        reasoning = f"{p.steps[0]}.\n{first} {slipped} {c} = {wrong}."
+        reasoning = f"{expression(p)}.\n{p.steps[0]}.\n{first} {slipped} {c} = {wrong}."
         answer = f"The answer is \\boxed{{{wrong}}}."
     elif flaw == "mixed_language":
         first, final = p.steps

@@ -81,13 +81,12 @@ def test_reduced_experiment_end_to_end(factory_home: Path, arith_teacher: Path) 
         assert 0.0 <= arm["pass_at_1"] <= 1.0
         results = factory_home / "evals" / f"{arm['dataset']}-heldout" / "results.parquet"
         assert results.exists()
-    # Every filter step of generation 1 rejected something.
+    # Every filter step of generation 1 rejected something: the teacher's planted flaws (leaked benchmark
+    # items, loops, missing/unclosed answers, Chinese chains, repeated right chains, sign slips) all occur.
     rejected = {s["step"]: s["rejected"] for s in first["funnel"]}
     assert set(rejected) == {"decontam", "readability", "format", "language", "dedup", "correctness", "selection"}
-    # dedup is the exception at this scale: the teacher samples at temperature 1 and no two of its
-    # samples are near-duplicates here (the full run's generation 2 had 26); it must have run on them.
-    assert all(n > 0 for step, n in rejected.items() if step not in ("selection", "dedup")), rejected
-    assert next(s["candidates"] for s in first["funnel"] if s["step"] == "dedup") > 0
+    assert all(n > 0 for step, n in rejected.items() if step != "selection"), rejected
+    assert rejected["decontam"] == 3 * 8  # exactly the leaked GSM8K items, all n samples of each
     # Generation 2's teacher is generation 1's curated student, and its run records that in the store.
     assert second["teacher"] == curated["student"]
     manifest = json.loads((factory_home / "runs" / second["run"] / "manifest.json").read_text())
@@ -96,9 +95,10 @@ def test_reduced_experiment_end_to_end(factory_home: Path, arith_teacher: Path) 
     rows = run_cli("sql", "SELECT DISTINCT run, teacher_role, model FROM samples ORDER BY run", "--format", "json", home=factory_home)
     lineage = {r["run"]: r for r in json.loads(rows.stdout)}
     assert lineage[second["run"]]["teacher_role"] == "rl_1" and lineage[second["run"]]["model"].endswith(curated["dataset"])
-    # The teacher is imperfect on purpose: some answers right, many wrong. (The CPU-budget teacher is
-    # weak: ~7-10% right at temperature 1, about what guessing a digit gets; see the README.)
-    assert 0.0 < first["teacher_accuracy"] < 0.95
+    # The teacher is imperfect on purpose but knows the arithmetic: far above guessing a digit (0.1),
+    # below 100% (its planted sign slips alone make ~30% of its chains wrong).
+    assert 0.25 < first["teacher_accuracy"] < 0.9, first["teacher_accuracy"]
+    assert 0.25 < report["references"]["teacher"]["pass_at_1"] < 0.95, report["references"]
     card = (factory_home / "experiments" / "ci" / "README.md").read_text()
     assert "| seed | gen |" in card and "curated" in card
     assert "beyond spread" in proc.stdout
