@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 GENERATE_RECIPE = "arith_curation"
 STUDENT_RECIPE = "arith"
+EVAL_BATCH = 64  # the held-out chains are short: larger batches cost a tiny model less CPU per sample
 
 
 class CurationSettings(BaseModel):
@@ -54,7 +55,7 @@ class CurationSettings(BaseModel):
 
     name: str = Field(default="curation", pattern=r"^[A-Za-z0-9_.-]+$")
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
-    train_prompts: int = Field(default=300, ge=4)
+    train_prompts: int = Field(default=200, ge=4)
     heldout: int = Field(default=tasks.HELDOUT_SIZE, ge=1, le=tasks.HELDOUT_SIZE)
     leaked: int = Field(default=6, ge=0, le=100)  # GSM8K test problems mixed into the prompt pool
     n: int = Field(default=4, ge=1)  # teacher samples per prompt
@@ -63,8 +64,8 @@ class CurationSettings(BaseModel):
     teacher: str = "tiny-teacher-arith"
     student_recipe: str = STUDENT_RECIPE
     generate_recipe: str = GENERATE_RECIPE
-    steps: int = Field(default=80, ge=1)  # distillation steps of every arm
-    eval_k: int = Field(default=4, ge=1)
+    steps: int = Field(default=300, ge=1)  # distillation steps of every arm (~6,000 samples seen: a 2-layer student needs them to learn to read)
+    eval_k: int = Field(default=2, ge=1)
     eval_temperature: float = Field(default=0.6, ge=0)
     generations: int = Field(default=2, ge=1)
     ablate: bool = False
@@ -147,7 +148,7 @@ def run_curation(settings: CurationSettings) -> CurationReport:
     references = {}
     for role, model in (("teacher", settings.teacher), ("student base", _student_base(settings))):
         evaluated = run_eval(model, str(heldout_path), k=settings.eval_k, temperature=settings.eval_temperature,
-                             max_new_tokens=settings.eval_max_new_tokens, seed=0, output_name=f"{settings.name}-{role.replace(' ', '-')}",
+                             max_new_tokens=settings.eval_max_new_tokens, seed=0, batch_size=EVAL_BATCH, output_name=f"{settings.name}-{role.replace(' ', '-')}",
                              system_prompt=None)
         references[role] = {"model": model, "pass_at_1": evaluated.pass_at_1, "pass_at_k": evaluated.pass_at_k}
     report = CurationReport(settings.name, settings.model_dump(mode="json"), rounds, references, summarize(rounds),
@@ -321,7 +322,7 @@ def _train_and_eval(settings: CurationSettings, home: Path, heldout_path: Path, 
     out_dir = home / "students" / dataset
     distilled = run_distill(student, data=dataset, output_dir=out_dir, max_steps=settings.steps, progress=False)
     evaluated = run_eval(str(out_dir), str(heldout_path), k=settings.eval_k, temperature=settings.eval_temperature,
-                         max_new_tokens=settings.eval_max_new_tokens, seed=round_.seed, output_name=dataset, system_prompt=None)
+                         max_new_tokens=settings.eval_max_new_tokens, seed=round_.seed, batch_size=EVAL_BATCH, output_name=dataset, system_prompt=None)
     log.info("%s: %d samples → pass@1 %.3f", dataset, samples, evaluated.pass_at_1)
     return Arm(arm=arm, seed=round_.seed, generation=round_.generation, dataset=dataset, samples=samples, student=str(out_dir),
                pass_at_1=evaluated.pass_at_1, pass_at_k=evaluated.pass_at_k, train_seconds=distilled.train_seconds,
