@@ -19,12 +19,14 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -33,7 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from factory.progress import RateProgress
-from factory.steps import FilterStep, StepVerdict
+from factory.steps import FilterStep, StateBudget, StepVerdict
 from factory.store import RunStore, utc_now, visible_shards
 
 log = logging.getLogger(__name__)
@@ -128,6 +130,70 @@ def sketch_task(cls: type[FilterStep], params_json: str, table: pa.Table) -> Any
 
 def step_args(step: FilterStep) -> tuple[type[FilterStep], str]:
     return type(step), json.dumps(step.params.model_dump(mode="json"), sort_keys=True)
+
+
+# ---------------------------------------------------------------- the memory budget
+MIN_CHUNK = 64            # rows: below this the per-chunk overhead (a verdict shard, a task) dominates
+WORKER_RSS = 200 * 2**20  # a worker process before its first chunk: Python, pyarrow, numpy, a step's verifier
+INDEX_ROW_BYTES = 160     # the run index and one status byte per step, per sample
+CHUNK_COPIES = 4          # a chunk in flight is held ~4 times: Arrow here, pickled, unpickled, Python strings
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How `memory_gb` is shared out on the local executor, so that the process tree stays under it.
+
+    Covered: this process as measured when the plan is made, the run index, a whole-run step's
+    state (a quarter of the budget; dedup spills the rest to Parquet), the worker processes
+    (fewer workers when they would not fit) and the chunks in flight (their rows set from the
+    measured bytes per row of the columns each step reads, times the queue depth).
+    Not covered: a single sample bigger than the chunk budget (it is still read whole), a step
+    that holds a model (the judge: its server or weights are its own), the `diverse` selection
+    policy (it reads the texts of crowded prompts), and on Ray the cluster's own processes and
+    object store (Ray's settings bound those; there memory_gb sizes chunks and dedup state).
+    """
+
+    budget: int
+    workers: int
+    state_bytes: int
+    in_flight_bytes: int
+
+    def chunk_rows(self, bytes_per_row: float) -> int:
+        depth = 2 * self.workers + 2 if self.workers > 1 else 2   # queued per worker + one being assembled
+        return int(max(MIN_CHUNK, min(CHUNK, self.in_flight_bytes / (max(bytes_per_row, 1.0) * CHUNK_COPIES * depth))))
+
+
+def plan_memory(memory_gb: float, workers: int, samples: int, own_rss: int) -> MemoryPlan:
+    """Share `memory_gb` between the index, whole-run state, worker processes and chunks in flight."""
+    budget = int(memory_gb * 2**30)
+    state = budget // 4
+    room = budget - own_rss - samples * INDEX_ROW_BYTES - state
+    fit = max(1, int(room / 2 // WORKER_RSS))     # workers take at most half of what is left
+    use = workers if workers <= fit else max(1, fit)
+    if use < workers:
+        log.warning("memory_gb %.2f: %d worker processes instead of %d, so that their chunks fit", memory_gb, use, workers)
+    spare = room - (use * WORKER_RSS if use > 1 else 0)
+    return MemoryPlan(budget, use, state, max(spare, budget // 16))
+
+
+def column_bytes(shards: Sequence[Any], columns: Sequence[str], sample: int = 8) -> float:
+    """Uncompressed bytes per row of `columns`, from the Parquet metadata of the first shards."""
+    rows, size = 0, 0
+    for shard in list(shards)[:sample]:
+        meta = pq.ParquetFile(shard).metadata
+        rows += meta.num_rows
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            for c in range(group.num_columns):
+                if group.column(c).path_in_schema.split(".")[0] in columns:
+                    size += group.column(c).total_uncompressed_size
+    return size / rows if rows else 1.0
+
+
+def process_rss() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
 
 
 # ---------------------------------------------------------------- the run's compact index
@@ -266,6 +332,7 @@ class StepCount:
     computed: int = 0
     reused: int = 0
     seconds: float = 0.0
+    spilled_bytes: int = 0  # whole-run state written to disk because it outgrew its memory budget
 
 
 @dataclass
@@ -277,8 +344,12 @@ class EngineRun:
     executor: Executor
     batch_rows: int = 512
     chunk_rows: int = CHUNK
+    plan: MemoryPlan | None = None  # per-step chunk rows from the bytes of the columns it reads
     progress: bool = True
+    state_bytes: int | None = None  # a whole-run step's state budget (the rest spills); None = unbounded
     status: dict[str, np.ndarray] = field(default_factory=dict)
+    spilled: dict[str, int] = field(default_factory=dict)
+    selection_computed: int = 0
     reasons: Counter = field(default_factory=Counter)
 
     def apply(self, step: FilterStep, candidates: np.ndarray, *, recompute: bool, compute: bool) -> StepCount:
@@ -308,6 +379,7 @@ class EngineRun:
         count.rejected = int((decided == FAIL).sum())
         count.unverifiable = int((decided == UNSURE).sum())
         count.seconds = round(time.perf_counter() - started, 3)
+        count.spilled_bytes = self.spilled.get(step.name, 0)
         return count
 
     def _load(self, step: str, chash: str, status: np.ndarray) -> None:
@@ -334,7 +406,7 @@ class EngineRun:
         if not step.in_process and hasattr(self.executor, "filter_dataset"):
             # A cluster executor reads the shards on its workers; verdicts come back in chunks.
             shards = [str(p) for p in self.store.sample_shards()]
-            for table in self.executor.filter_dataset(step, shards, self.index.ids.filter(pa.array(todo)), self.chunk_rows):
+            for table in self.executor.filter_dataset(step, shards, self.index.ids.filter(pa.array(todo)), self.rows_for(step)):
                 if table.num_rows:
                     verdicts = (StepVerdict(p, c, r, s, json.loads(d) if d else None) for p, c, r, s, d in zip(
                         *(table.column(k).to_pylist() for k in ("passed", "code", "reason", "score", "detail"))))
@@ -343,7 +415,8 @@ class EngineRun:
                     bar.update(table.num_rows)
             return
         columns = list(dict.fromkeys(["sample_id", *step.input_columns()]))
-        chunks = rechunk(self.index.batches(self.store, columns, todo, self.batch_rows), self.chunk_rows)
+        rows = self.rows_for(step)
+        chunks = rechunk(self.index.batches(self.store, columns, todo, min(self.batch_rows, rows)), rows)
         with_ids = (((positions, table.column("sample_id")), table) for positions, table in chunks)
         args = step_args(step)
         if step.in_process:
@@ -361,21 +434,45 @@ class EngineRun:
             ids = self.index.ids.take(pa.array(positions))
             decided = self.executor.group_duplicates(step, [str(p) for p in self.store.sample_shards()], ids,
                                                      self.index.text_len[positions])
-            self._write_decided(step, positions, ids.to_pylist(), decided, todo, chash, status, bar)
+            self._write_decided(step, positions, ids, decided, todo, chash, status, bar)
             return
         columns = list(dict.fromkeys(["sample_id", *step.input_columns()]))
         args = step_args(step)
-        reference = list(self.executor.map(sketch_task, args, ((ids, t) for ids, t in step.reference_batches())))
-        parts = self.index.batches(self.store, columns, candidates, self.batch_rows)
-        sketches = [s for _, s in self.executor.map(sketch_task, args, ((None, t) for _, t in rechunk(parts, self.chunk_rows)))]
-        state = sum(getattr(a, "nbytes", 0) for s in sketches for a in vars(s).values() if isinstance(a, np.ndarray))
-        log.info("filter %s: whole-run state of %d samples is %.1f MB in memory (ids, lengths, sketches; no text)",
-                 step.name, len(positions), state / 1e6)
-        ids = self.index.ids.take(pa.array(positions)).to_pylist()
-        decided = step.decide(ids, self.index.text_len[positions].tolist(), sketches, reference)
-        self._write_decided(step, positions, ids, decided, todo, chash, status, bar)
+        budget = StateBudget(self.state_bytes, self.spill_dir(step))
+        # Sketches stream from the workers into the step, which keeps or spills them: never a list of them here.
+        reference = self.executor.map(sketch_task, args, ((ids, t) for ids, t in step.reference_batches()))
+        rows = self.rows_for(step)
+        parts = self.index.batches(self.store, columns, candidates, min(self.batch_rows, rows))
+        sketches = (s for _, s in self.executor.map(sketch_task, args, ((None, t) for _, t in rechunk(parts, rows))))
+        ids = self.index.ids.take(pa.array(positions))
+        try:
+            decided = step.decide(ids, self.index.text_len[positions], sketches, reference, budget)
+            self._write_decided(step, positions, ids, decided, todo, chash, status, bar)
+        finally:
+            shutil.rmtree(budget.spill_dir, ignore_errors=True)
+        self.spilled[step.name] = budget.spilled_bytes
+        if budget.spilled_bytes:
+            log.info("filter %s: whole-run state of %d samples over its %.0f MB budget: spilled %.1f MB to %s",
+                     step.name, len(positions), (self.state_bytes or 0) / 1e6, budget.spilled_bytes / 1e6,
+                     budget.spill_dir)
+        else:
+            log.info("filter %s: whole-run state of %d samples held in memory (budget %s)", step.name, len(positions),
+                     f"{self.state_bytes / 1e6:.0f} MB" if self.state_bytes else "unbounded")
 
-    def _write_decided(self, step: FilterStep, positions: np.ndarray, ids: list[str], decided: Iterable[StepVerdict],
+    def rows_for(self, step: FilterStep) -> int:
+        """Rows per chunk of this step: what its columns allow within the plan (the run's chunk without one)."""
+        if self.plan is None:
+            return self.chunk_rows
+        columns = list(dict.fromkeys(["sample_id", *step.input_columns()]))
+        return self.plan.chunk_rows(column_bytes(self.store.sample_shards(), columns))
+
+    def spill_dir(self, step: FilterStep) -> Path:
+        """A scratch folder in the run for a whole-run step's spilled state (left over by a killed run: cleared)."""
+        directory = Path(self.store.root) / ".spill" / step.name
+        shutil.rmtree(directory, ignore_errors=True)
+        return directory
+
+    def _write_decided(self, step: FilterStep, positions: np.ndarray, ids: pa.Array, decided: Iterable[StepVerdict],
                        todo: np.ndarray, chash: str, status: np.ndarray, bar: RateProgress) -> None:
         """A whole-run step's verdicts, in chunks, written only for samples not already decided."""
         verdicts = iter(decided)
@@ -385,8 +482,8 @@ class EngineRun:
             keep = need[start:start + len(batch)]
             if keep.any():
                 chosen = np.flatnonzero(keep)
-                self._write(step.name, positions[start:start + len(batch)][chosen], [ids[start + i] for i in chosen],
-                            (batch[i] for i in chosen), chash, status)
+                self._write(step.name, positions[start:start + len(batch)][chosen],
+                            ids.take(pa.array(chosen + start)).to_pylist(), (batch[i] for i in chosen), chash, status)
             bar.update(len(batch))
 
     def _write(self, step: str, positions: np.ndarray, ids: list[str], verdicts: Iterable[StepVerdict], chash: str,

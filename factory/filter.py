@@ -28,6 +28,7 @@ selection → report.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -37,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pydantic import ValidationError
 
 from factory.engine import (
     CHUNK,
@@ -44,9 +46,14 @@ from factory.engine import (
     EngineRun,
     Executor,
     LocalExecutor,
+    MemoryPlan,
     RunIndex,
     StepCount,
     candidate_mask,
+    column_bytes,
+    default_workers,
+    plan_memory,
+    process_rss,
 )
 from factory.errors import FactoryError, RecipeError
 from factory.recipe import GenerateRecipe, SelectionConfig, load_recipe
@@ -75,24 +82,46 @@ __all__ = [
 # ---------------------------------------------------------------- steps from a recipe
 def validate_filter_configs(filters: Sequence[dict[str, Any]]) -> Iterable[tuple[int, str]]:
     """(index, 'key: message') for every bad filter entry; the recipe loader reports the first."""
+    names = ", ".join([*STEPS, SELECTION_STEP])
     for index, entry in enumerate(filters):
         if not isinstance(entry, dict) or "step" not in entry:
-            yield index, f"step: expected a mapping with 'step' (one of {', '.join(STEPS)})"
+            yield index, f"step: expected a mapping with 'step' (one of {names})"
             continue
         name = entry["step"]
+        settings = {k: v for k, v in entry.items() if k != "step"}
+        if name == SELECTION_STEP:
+            if index != len(filters) - 1:
+                yield index, "step: selection must be the last filter (it keeps k per prompt of what the others accepted)"
+            else:
+                try:
+                    SelectionConfig.model_validate(settings)
+                except ValidationError as exc:
+                    error = exc.errors()[0]
+                    yield index, f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}"
+            continue
         if name not in STEPS:
-            yield index, f"step: unknown filter {name!r}; expected one of {', '.join(STEPS)}"
+            yield index, f"step: unknown filter {name!r}; expected one of {names}"
             continue
         try:
-            STEPS[name].from_config({k: v for k, v in entry.items() if k != "step"})
+            STEPS[name].from_config(settings)
         except ValueError as exc:
             yield index, str(exc)
 
 
 def build_steps(filters: Sequence[dict[str, Any]]) -> list[FilterStep]:
+    """The recipe's filter steps in order (a closing `{step: selection}` is the selection's settings, not a step)."""
     for index, message in validate_filter_configs(filters):
         raise RecipeError(f"filters[{index}].{message}")
-    return [STEPS[f["step"]].from_config({k: v for k, v in f.items() if k != "step"}) for f in filters]
+    return [STEPS[f["step"]].from_config({k: v for k, v in f.items() if k != "step"})
+            for f in filters if f["step"] != SELECTION_STEP]
+
+
+def selection_of(filters: Sequence[dict[str, Any]], selection: SelectionConfig) -> SelectionConfig:
+    """`{step: selection, k, policy}` closing the filters list, else the recipe's `selection:`."""
+    last = filters[-1] if filters else {}
+    if isinstance(last, dict) and last.get("step") == SELECTION_STEP:
+        return SelectionConfig.model_validate({k: v for k, v in last.items() if k != "step"})
+    return selection
 
 
 # ---------------------------------------------------------------- the stage
@@ -109,6 +138,7 @@ class FilterReport:
     accepted_per_million_tokens: float | None = None
     executor: str = "local"
     workers: int = 1
+    selection: StepCount | None = None  # the closing per-prompt selection, counted like a step
 
 
 @dataclass
@@ -150,10 +180,16 @@ def _filter_run(store: RunStore, *, recipe: str | None, only: Sequence[str] | No
         unknown = [name for name in only if name not in {s.name for s in steps} | {SELECTION_STEP}]
         if unknown:
             raise FactoryError(f"--only {unknown[0]}: not a step of this run (steps: {', '.join(s.name for s in steps)}, selection)")
-    runner = _executor(executor or config.executor, workers or config.workers, store)
+    name, requested = executor or config.executor, workers or config.workers
+    if name == "ray":  # the cluster's size is Ray's; the plan sizes chunks and dedup state
+        runner = _executor(name, requested, store)
+        plan = memory_plan(store, config.memory_gb, runner.workers)
+    else:
+        plan = memory_plan(store, config.memory_gb, requested or default_workers())
+        runner = _executor(name, plan.workers, store)
     try:
-        return _run(store, steps, config, runner, only=only, recompute=recompute, progress=progress,
-                    executor_name=executor or config.executor)
+        return _run(store, steps, plan, runner, only=only, recompute=recompute, progress=progress,
+                    executor_name=executor or config.executor, selection=config.selection)
     finally:
         runner.close()
 
@@ -168,41 +204,46 @@ def _executor(name: str, workers: int | None, store: RunStore) -> Executor:
     return LocalExecutor(workers)
 
 
-def _run(store: RunStore, steps: list[FilterStep], config: _FilterConfig, executor: Executor, *,
-         only: Sequence[str] | None, recompute: bool, progress: bool, executor_name: str) -> FilterReport:
-    batch_rows, chunk_rows = _batch_sizes(store, config.memory_gb, executor.workers)
+def _run(store: RunStore, steps: list[FilterStep], plan: MemoryPlan, executor: Executor, *,
+         only: Sequence[str] | None, recompute: bool, progress: bool, executor_name: str,
+         selection: SelectionConfig) -> FilterReport:
+    batch_rows, chunk_rows = _batch_sizes(plan, store)
     index = RunIndex.build(store, batch_rows)
     if not len(index):
         raise FactoryError(f"run '{store.name}': no samples yet; run `factory generate` first")
-    engine = EngineRun(store, index, executor, batch_rows=batch_rows, chunk_rows=chunk_rows, progress=progress)
+    engine = EngineRun(store, index, executor, batch_rows=batch_rows, chunk_rows=chunk_rows, progress=progress,
+                       plan=plan, state_bytes=plan.state_bytes)
     counts: list[StepCount] = []
     for position, step in enumerate(steps):
         candidates = candidate_mask(steps[:position], engine.status, step, len(index))
         run_it = not only or step.name in only
         counts.append(engine.apply(step, candidates, recompute=recompute and run_it, compute=run_it))
     accepted = candidate_mask(steps, engine.status, None, len(index))
-    selected = _select(engine, accepted, config.selection, recompute=recompute,
+    started = time.perf_counter()
+    selected = _select(engine, accepted, selection, recompute=recompute,
                        compute=not only or SELECTION_STEP in only)
     report = _report(engine, steps, counts, accepted, selected)
     report.executor, report.workers = executor_name, executor.workers
+    report.selection = StepCount(SELECTION_STEP, candidates=int(accepted.sum()), passed=int(selected.sum()),
+                                 rejected=int(accepted.sum() - selected.sum()), computed=engine.selection_computed,
+                                 reused=int(accepted.sum()) - engine.selection_computed,
+                                 seconds=round(time.perf_counter() - started, 3))
     data = asdict(report)
     data["written_at"] = utc_now().isoformat()
     write_json_atomically(data, store.root / "filter_report.json")
     return report
 
 
-def _batch_sizes(store: RunStore, memory_gb: float, workers: int) -> tuple[int, int]:
-    """Rows per read batch and per chunk so that the chunks in flight stay well inside the memory setting.
-
-    In flight: 2 chunks per worker queued, one being assembled, each held about 4 times over
-    (Arrow buffers, pickled copy, Python strings in the worker, verdicts)."""
+def memory_plan(store: RunStore, memory_gb: float, workers: int) -> MemoryPlan:
+    """`memory_gb` shared out for this run (see engine.MemoryPlan for what it bounds)."""
     shards = store.sample_shards()
-    rows = sum(pq.ParquetFile(s).metadata.num_rows for s in shards[:8]) or 1
-    size = sum(pq.ParquetFile(s).metadata.row_group(g).total_byte_size
-               for s in shards[:8] for g in range(pq.ParquetFile(s).num_row_groups))
-    per_row = max(size / rows, 1.0)
-    budget = memory_gb * 2**30 / 4  # a quarter for text in flight; the rest for the index, state, workers
-    chunk = int(max(64, min(CHUNK, budget / (per_row * 4 * (2 * workers + 2)))))
+    samples = sum(pq.read_metadata(s).num_rows for s in shards)
+    return plan_memory(memory_gb, workers, samples, process_rss())
+
+
+def _batch_sizes(plan: MemoryPlan, store: RunStore) -> tuple[int, int]:
+    """Rows per read batch and per chunk of the whole sample (the index build, verdict shards)."""
+    chunk = plan.chunk_rows(column_bytes(store.sample_shards(), ["sample_id", "text"]))
     return min(512, chunk), chunk
 
 
@@ -211,10 +252,12 @@ def _filter_config(manifest: dict[str, Any], recipe_name: str | None) -> _Filter
         recipe = load_recipe(recipe_name)
         if not isinstance(recipe, GenerateRecipe):
             raise RecipeError(f"--recipe {recipe_name}: expected a generate recipe with filters")
-        return _FilterConfig(recipe.filters, recipe.selection, recipe.workers, recipe.executor, recipe.memory_gb)
+        return _FilterConfig(recipe.filters, selection_of(recipe.filters, recipe.selection), recipe.workers,
+                             recipe.executor, recipe.memory_gb)
     stored = manifest.get("recipe") or {}
-    selection = SelectionConfig.model_validate(stored.get("selection") or {})
-    return _FilterConfig(stored.get("filters") or [{"step": "format"}], selection, stored.get("workers"),
+    filters = stored.get("filters") or [{"step": "format"}]
+    selection = selection_of(filters, SelectionConfig.model_validate(stored.get("selection") or {}))
+    return _FilterConfig(filters, selection, stored.get("workers"),
                          stored.get("executor") or "local", stored.get("memory_gb") or DEFAULT_MEMORY_GB)
 
 
@@ -231,6 +274,7 @@ def _select(engine: EngineRun, accepted: np.ndarray, selection: SelectionConfig,
     if not recompute:
         engine._load(SELECTION_STEP, chash, status)
     todo = accepted & (status == 0)
+    engine.selection_computed = int(todo.sum()) if compute else 0
     if todo.any() and compute:
         positions = np.flatnonzero(accepted)
         ranks, sizes = _ranks(engine, positions, selection)

@@ -310,18 +310,25 @@ def test_ray_filter_killed_at_random_points_resumes_to_the_same_verdicts(replay_
     assert latest_verdicts(run_dir) == latest_verdicts(local_copy)
 
 
-def test_a_small_memory_setting_means_small_chunks_and_the_same_verdicts(replayed_run: Path, tmp_path: Path) -> None:
+def test_a_small_memory_setting_means_small_chunks_spilled_dedup_state_and_the_same_verdicts(
+        replayed_run: Path, tmp_path: Path) -> None:
+    from factory.engine import plan_memory
     from factory.filter import _batch_sizes, run_filter
     from factory.store import RunStore
 
     store = RunStore(replayed_run)
-    assert _batch_sizes(store, 4.0, 2)[1] == 2048 and _batch_sizes(store, 0.002, 2)[1] == 64
+    assert _batch_sizes(plan_memory(4.0, 2, 3_000, 200 * 2**20), store)[1] == 2048
+    assert _batch_sizes(plan_memory(0.002, 2, 3_000, 200 * 2**20), store)[1] == 64
+    assert plan_memory(0.5, 8, 3_000, 200 * 2**20).workers < 8  # workers that would not fit are not started
     default_copy = tmp_path / "default-copy" / "replayed"
     shutil.copytree(replayed_run, default_copy)
-    run_filter(str(default_copy), progress=False, workers=2)
+    default = run_filter(str(default_copy), progress=False, workers=2)
+    assert {s.step: s.spilled_bytes for s in default.steps}["dedup"] == 0
     small = tmp_path / "replayed.yaml"
     small.write_text(small.read_text().replace("output:", "memory_gb: 0.002\noutput:"))
-    run_filter("replayed", recipe=str(small), progress=False, workers=2)
+    report = run_filter("replayed", recipe=str(small), progress=False, workers=2)
     assert latest_verdicts(replayed_run) == latest_verdicts(default_copy)
+    assert {s.step: s.spilled_bytes for s in report.steps}["dedup"] > 0  # its state went to Parquet
+    assert not (replayed_run / ".spill" / "dedup").exists()  # and the spill was cleared
     format_shards = visible_shards(replayed_run / "verdicts" / "format")
     assert len(format_shards) == -(-3_000 // 64)  # one verdict shard per 64-sample chunk

@@ -656,7 +656,14 @@ class Deduplicator:
         return list(self.iter_resolve())
 
     def iter_resolve(self) -> Iterator[DedupVerdict]:
-        """:meth:`resolve` one verdict at a time (a spilled run never holds them all)."""
+        """:meth:`resolve` one verdict at a time (a spilled run never holds them all).
+
+        Finishes the spill file first, so that ``spilled_bytes`` is known before the first verdict."""
+        if self._spill is not None:
+            self.spilled_bytes = self._spill.close()
+        return self._resolved()
+
+    def _resolved(self) -> Iterator[DedupVerdict]:
         n = len(self)
         if n == 0:
             return
@@ -670,7 +677,6 @@ class Deduplicator:
                 self._merge_near(sigs, np.concatenate(self._shingles), exact_rep, uf)
             yield from self._verdicts(uf.roots(), is_ref, keys, sigs)
             return
-        self.spilled_bytes = self._spill.close()
         try:
             if self.params.near:
                 self._merge_near_spilled(np.concatenate(self._shingles), exact_rep, uf)

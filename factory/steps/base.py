@@ -17,7 +17,8 @@ The engine (factory/engine.py) reads only declared properties, never a step's na
 whole_run            False: each sample is judged alone, so batches go to any worker in any
                      order. True: the step sees every candidate at once (dedup); it splits
                      its work into ``sketch(batch)`` on the workers and ``decide(...)``, which
-                     holds compact per-sample state (ids, signatures, lengths), never text.
+                     holds compact per-sample state (ids, signatures, lengths), never text, and
+                     spills it to Parquet past its ``StateBudget`` (a share of ``memory_gb``).
 verifies             a None verdict means "no rule could verify this" rather than "undecided":
                      a later step that ``resolves_unverified`` may settle it.
 resolves_unverified  takes the samples an earlier ``verifies`` step left unverified (the
@@ -35,8 +36,9 @@ import dataclasses
 import hashlib
 import json
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pyarrow as pa
@@ -47,6 +49,15 @@ from pydantic import (
     create_model,
     model_validator,
 )
+
+
+@dataclass
+class StateBudget:
+    """What a whole-run step may keep in memory, where the rest goes, and how much went there."""
+
+    max_bytes: int | None          # None: no bound
+    spill_dir: Path                # a scratch folder of the run's, emptied after the step
+    spilled_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -108,9 +119,13 @@ class FilterStep:
         """Compact per-row state of ``batch`` (runs on a worker)."""
         raise NotImplementedError
 
-    def decide(self, ids: Sequence[str], lengths: Sequence[int], sketches: Sequence[Any],
-               reference: Sequence[tuple[Sequence[str], Any]]) -> list[StepVerdict]:
-        """Verdicts for every candidate from the sketches of all of them (and of reference data)."""
+    def decide(self, ids: pa.Array, lengths: Sequence[int], sketches: Iterable[Any],
+               reference: Iterable[tuple[Sequence[str], Any]], budget: StateBudget | None = None
+               ) -> Iterable[StepVerdict]:
+        """Verdicts for every candidate, in order, from the sketches of all of them (and of reference data).
+
+        ``sketches`` and ``reference`` arrive one batch at a time: keep what ``budget`` allows in
+        memory, spill the rest under ``budget.spill_dir`` and record its size in ``budget.spilled_bytes``."""
         raise NotImplementedError
 
     def has_reference(self) -> bool:

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import model_validator
 
 from factory.errors import FactoryError
-from factory.steps.base import FilterStep, StepParams, StepVerdict
+from factory.steps.base import FilterStep, StateBudget, StepParams, StepVerdict
 from verifiers.dedup import (
     DEFAULT_THRESHOLD,
     Deduplicator,
+    DedupVerdict,
     DedupParams,
     Sketch,
     sketch_batch,
@@ -40,6 +42,14 @@ class DedupStepParams(StepParams):
         return DedupParams(self.near, self.num_perm, self.threshold, self.shingle, self.ngram, self.seed).validate()
 
 
+def step_verdict(v: DedupVerdict) -> StepVerdict:
+    """A dedup verdict as the filter records it (the same on every executor)."""
+    detail = {"cluster_id": v.cluster_id, "duplicate_of": v.duplicate_of, "kind": v.kind, "similarity": v.similarity}
+    if v.kept:
+        return StepVerdict(True, score=v.similarity, detail=detail)
+    return StepVerdict(False, f"duplicate_{v.kind}", f"duplicate_{v.kind}: of {v.duplicate_of}", v.similarity, detail)
+
+
 class DedupStep(FilterStep):
     name = "dedup"
     Params = DedupStepParams
@@ -59,26 +69,25 @@ class DedupStep(FilterStep):
     def sketch(self, batch: pa.Table) -> Sketch:
         return sketch_batch(self.texts(batch), self.params.dedup_params())
 
-    def decide(self, ids: Sequence[str], lengths: Sequence[int], sketches: Sequence[Sketch],
-               reference: Sequence[tuple[Sequence[str], Sketch]]) -> list[StepVerdict]:
-        dedup = Deduplicator(self.params.dedup_params())
+    def decide(self, ids: pa.Array, lengths: np.ndarray, sketches: Iterable[Sketch],
+               reference: Iterable[tuple[Sequence[str], Sketch]], budget: StateBudget | None = None
+               ) -> Iterator[StepVerdict]:
+        dedup = Deduplicator(self.params.dedup_params(), spill_dir=budget.spill_dir if budget else None,
+                             max_state_bytes=budget.max_bytes if budget else None)
         for ref_ids, sketch in reference:
             dedup.add(ref_ids, sketch, [(0, i.split(":", 1)[-1]) for i in ref_ids], reference=True)
         start = 0
         for sketch in sketches:
             n = len(sketch.exact_keys)
-            chunk = ids[start:start + n]
+            chunk = ids.slice(start, n).to_pylist()
             # Keep the shortest of a cluster (then the smallest id): concise chains are preferred.
             dedup.add(chunk, sketch, [(int(length), sid) for length, sid in zip(lengths[start:start + n], chunk)])
             start += n
-        out = []
-        for v in dedup.resolve():
-            detail = {"cluster_id": v.cluster_id, "duplicate_of": v.duplicate_of, "kind": v.kind, "similarity": v.similarity}
-            if v.kept:
-                out.append(StepVerdict(True, score=v.similarity, detail=detail))
-            else:
-                out.append(StepVerdict(False, f"duplicate_{v.kind}", f"duplicate_{v.kind}: of {v.duplicate_of}", v.similarity, detail))
-        return out
+        verdicts = dedup.iter_resolve()
+        if budget is not None:
+            budget.spilled_bytes = dedup.spilled_bytes
+        for v in verdicts:
+            yield step_verdict(v)
 
     def has_reference(self) -> bool:
         return bool(self.params.against_runs)
