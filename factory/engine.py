@@ -430,7 +430,7 @@ class EngineRun:
     def _whole_run(self, step: FilterStep, candidates: np.ndarray, todo: np.ndarray, chash: str, status: np.ndarray,
                    bar: RateProgress) -> None:
         positions = np.flatnonzero(candidates)
-        if step.lsh_grouping and not step.has_reference() and hasattr(self.executor, "group_duplicates"):
+        if step.lsh_grouping and hasattr(self.executor, "group_duplicates"):
             ids = self.index.ids.take(pa.array(positions))
             decided = self.executor.group_duplicates(step, [str(p) for p in self.store.sample_shards()], ids,
                                                      self.index.text_len[positions])

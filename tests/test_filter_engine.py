@@ -4,6 +4,7 @@ added through the registry, and the candidate rules read from declared step prop
 from __future__ import annotations
 
 import json
+import logging
 import random
 import shutil
 from pathlib import Path
@@ -278,6 +279,42 @@ def test_ray_executor_on_a_local_cluster_gives_the_local_verdicts(replayed_run: 
         assert all(s.computed == 0 for s in again.steps)
     finally:
         ray.shutdown()
+
+
+def test_ray_dedup_against_other_runs_gives_the_local_verdicts(replay_home: Path, tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """dedup `against_runs` on Ray: the other run's selected samples are one more dataset grouped by key
+    with this run's (no gather), and the verdicts equal the local executor's."""
+    ray = pytest.importorskip("ray", reason='the Ray executor is an optional extra: pip install -e ".[ray]"')
+    from factory.filter import run_filter
+
+    write_traces(tmp_path, 600)
+    run_cli("generate", "--recipe", str(replay_recipe(tmp_path, "first")), "--quiet", home=replay_home)
+    run_cli("filter", "--run", "first", "--quiet", home=replay_home)
+    # The second run replays the same traces (every selected sample of the first is in it) and more.
+    write_traces(tmp_path, 900)
+    second = replay_recipe(tmp_path, "second")
+    second.write_text(second.read_text().replace("{step: dedup, threshold: 0.6, ngram: 2}",
+                                                 "{step: dedup, threshold: 0.6, ngram: 2, against_runs: [first]}"))
+    run_cli("generate", "--recipe", str(second), "--quiet", home=replay_home)
+    run_dir = replay_home / "runs" / "second"
+    local_copy = tmp_path / "local-copy" / "second"
+    shutil.copytree(run_dir, local_copy)
+    run_filter(str(local_copy), progress=False, workers=2)
+    expected = latest_verdicts(local_copy)
+    assert sum(1 for (_, step), (_, code) in expected.items() if code == "duplicate_reference") > 0
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        with caplog.at_level(logging.INFO, logger="factory.ray_executor"):
+            run_filter("second", progress=False, executor="ray")
+    finally:
+        ray.shutdown()
+    grouped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("dedup on ray")]
+    assert grouped and "from other runs" in grouped[0] and "(0 from other runs)" not in grouped[0]
+    assert latest_verdicts(run_dir) == expected
+    details = {tuple(r.values()) for r in pq.read_table(run_dir / "verdicts" / "dedup", columns=["sample_id", "detail"]).to_pylist()}
+    local_details = {tuple(r.values()) for r in pq.read_table(local_copy / "verdicts" / "dedup", columns=["sample_id", "detail"]).to_pylist()}
+    assert details == local_details  # the same keeper, kind and similarity for every sample
 
 
 def test_ray_filter_killed_at_random_points_resumes_to_the_same_verdicts(replay_home: Path, tmp_path: Path) -> None:

@@ -92,7 +92,8 @@ class DedupStep(FilterStep):
     def has_reference(self) -> bool:
         return bool(self.params.against_runs)
 
-    def reference_batches(self) -> Iterable[tuple[list[str], pa.Table]]:
+    def reference_runs(self) -> Iterator[tuple[str, list[str], pa.Array]]:
+        """(run, its sample shards, its selected sample ids in shard order) of each `against_runs` run."""
         from factory.filter import read_accepted_ids
         from factory.paths import runs_dir
         from factory.store import RunStore
@@ -102,6 +103,17 @@ class DedupStep(FilterStep):
             if not store.exists():
                 raise FactoryError(f"filters.dedup.against_runs: no run named '{run}' in {runs_dir()}")
             accepted = pa.array(sorted(read_accepted_ids(store)), pa.string())
+            ordered = [batch.column(0).filter(pc.is_in(batch.column(0), value_set=accepted))
+                       for batch in store.iter_sample_batches(["sample_id"], batch_size=65_536)]
+            ids = pa.concat_arrays(ordered) if ordered else pa.array([], pa.string())
+            yield run, [str(p) for p in store.sample_shards()], ids
+
+    def reference_batches(self) -> Iterable[tuple[list[str], pa.Table]]:
+        from factory.paths import runs_dir
+        from factory.store import RunStore
+
+        for run, _, accepted in self.reference_runs():
+            store = RunStore(runs_dir() / run)
             for batch in store.iter_sample_batches(["sample_id", *self.input_columns()], batch_size=2048):
                 table = pa.Table.from_batches([batch])
                 table = table.filter(pc.is_in(table.column("sample_id"), value_set=accepted))
