@@ -158,9 +158,12 @@ class MemoryPlan:
     state_bytes: int
     in_flight_bytes: int
 
-    def chunk_rows(self, bytes_per_row: float) -> int:
+    def chunk_rows(self, bytes_per_row: float, work_factor: float = 8.0) -> int:
+        """Rows per chunk: the chunks queued (each held ~CHUNK_COPIES times) and those being worked on
+        (each taking `work_factor` times its bytes) fit in the in-flight budget."""
         depth = 2 * self.workers + 2 if self.workers > 1 else 2   # queued per worker + one being assembled
-        return int(max(MIN_CHUNK, min(CHUNK, self.in_flight_bytes / (max(bytes_per_row, 1.0) * CHUNK_COPIES * depth))))
+        per_row = max(bytes_per_row, 1.0) * (CHUNK_COPIES * depth + work_factor * self.workers)
+        return int(max(MIN_CHUNK, min(CHUNK, self.in_flight_bytes / per_row)))
 
 
 def plan_memory(memory_gb: float, workers: int, samples: int, own_rss: int) -> MemoryPlan:
@@ -172,7 +175,7 @@ def plan_memory(memory_gb: float, workers: int, samples: int, own_rss: int) -> M
     use = workers if workers <= fit else max(1, fit)
     if use < workers:
         log.warning("memory_gb %.2f: %d worker processes instead of %d, so that their chunks fit", memory_gb, use, workers)
-    spare = room - (use * WORKER_RSS if use > 1 else 0)
+    spare = room - use * WORKER_RSS   # one worker runs inline, in this process, and grows it as much
     return MemoryPlan(budget, use, state, max(spare, budget // 16))
 
 
@@ -464,7 +467,7 @@ class EngineRun:
         if self.plan is None:
             return self.chunk_rows
         columns = list(dict.fromkeys(["sample_id", *step.input_columns()]))
-        return self.plan.chunk_rows(column_bytes(self.store.sample_shards(), columns))
+        return self.plan.chunk_rows(column_bytes(self.store.sample_shards(), columns), step.work_factor)
 
     def spill_dir(self, step: FilterStep) -> Path:
         """A scratch folder in the run for a whole-run step's spilled state (left over by a killed run: cleared)."""

@@ -262,6 +262,58 @@ def test_mix_drops_exact_duplicates_across_runs_and_says_how_many(replay_home: P
     assert pq.read_metadata(replay_home / "datasets" / "m" / "data" / "part-00000.parquet").num_rows == 2 * curated
 
 
+def peak_tree_rss(proc: "subprocess.Popen[str]") -> int:
+    """Largest summed RSS of a process and its descendants, sampled every 50 ms until it exits."""
+    import time
+
+    import psutil
+
+    root, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        try:
+            total = 0
+            for p in [root, *root.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            peak = max(peak, total)
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    return peak
+
+
+def test_a_run_of_long_texts_stays_under_its_memory_setting(replay_home: Path, tmp_path: Path) -> None:
+    """`memory_gb: 1` on 1,500 traces of ~78K characters (~120 MB of text; every step, dedup included):
+    the whole process tree of `factory filter` stays under 1 GiB (the chunks sized for the text alone,
+    as before this bound, took ~1.16 GB here)."""
+    import os
+    import subprocess
+    import sys
+
+    traces = write_traces(tmp_path, 1_500)
+    rng = random.Random(5)
+    rows = [json.loads(line) for line in traces.read_text().splitlines()]
+    for row in rows:
+        filler = "\n\n".join(" ".join(f"Step {rng.randint(1, 10**6)} carries the digit." for _ in range(25))
+                              for _ in range(100))
+        row["generation"] = row["generation"].replace("<think>\n", "<think>\n" + filler + "\n", 1)
+    traces.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = replay_recipe(tmp_path)
+    recipe.write_text(recipe.read_text().replace("output:", "memory_gb: 1.0\noutput:"))
+    run_cli("generate", "--recipe", str(recipe), "--quiet", home=replay_home)
+    env = {**os.environ, "FACTORY_HOME": str(replay_home)}
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "filter", "--run", "replayed", "--quiet", "--workers", "2"],
+                            cwd=Path(__file__).resolve().parents[1], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    peak = peak_tree_rss(proc)
+    assert proc.wait() == 0, proc.stderr.read()[-2000:] if proc.stderr else ""
+    report = json.loads((replay_home / "runs" / "replayed" / "filter_report.json").read_text())
+    assert {s["step"]: s["candidates"] for s in report["steps"]}["dedup"] > 500  # every step saw the long texts
+    assert peak < 2**30, f"peak RSS of the process tree {peak / 2**20:.0f} MiB > memory_gb 1.0"
+
+
 # ---------------------------------------------------------------- Ray
 def test_ray_executor_on_a_local_cluster_gives_the_local_verdicts(replayed_run: Path, tmp_path: Path) -> None:
     ray = pytest.importorskip("ray", reason='the Ray executor is an optional extra: pip install -e ".[ray]"')

@@ -61,6 +61,7 @@ def _benchmark_index(n: int, min_n: int, per_field_n: bool, extra: tuple[str, ..
 
 class DecontamStep(FilterStep):
     name = "decontam"
+    work_factor = 32.0  # tokens, n-gram hashes and their indexes: measured ~27x the text
     Params = DecontamParams
 
     def input_columns(self) -> list[str]:

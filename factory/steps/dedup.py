@@ -52,6 +52,7 @@ def step_verdict(v: DedupVerdict) -> StepVerdict:
 
 class DedupStep(FilterStep):
     name = "dedup"
+    work_factor = 24.0  # tokens, n-gram hashes and their indexes: measured ~20x the text
     Params = DedupStepParams
     whole_run = True
     lsh_grouping = True
