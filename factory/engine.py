@@ -4,8 +4,10 @@ Memory does not grow with the text of a run. The engine keeps, per sample, only 
 compact index (id, prompt id, task type, token count, text length: ~100 bytes) and one
 status byte per step; text is read from the Parquet shards one row group batch at a time,
 only the columns a step declares, only for the samples the step has still to decide.
-Whole-run steps (dedup) keep their compact state (exact keys, MinHash signatures) and
-log its size. Verdicts are written one shard per chunk as chunks complete, in order,
+Whole-run steps (dedup) stream their compact state (exact keys, MinHash signatures) from
+the workers and keep it within a share of `memory_gb`, spilling the rest to Parquet in the
+run's `.spill/` folder (logged, and counted in the report); `MemoryPlan` says what the
+setting bounds. Verdicts are written one shard per chunk as chunks complete, in order,
 so a killed run redoes at most the chunks in flight.
 
 Work goes through one `Executor` (the local process pool, or Ray): the same steps, the
@@ -352,7 +354,6 @@ class EngineRun:
     state_bytes: int | None = None  # a whole-run step's state budget (the rest spills); None = unbounded
     status: dict[str, np.ndarray] = field(default_factory=dict)
     spilled: dict[str, int] = field(default_factory=dict)
-    selection_computed: int = 0
     reasons: Counter = field(default_factory=Counter)
 
     def apply(self, step: FilterStep, candidates: np.ndarray, *, recompute: bool, compute: bool) -> StepCount:

@@ -220,13 +220,13 @@ def _run(store: RunStore, steps: list[FilterStep], plan: MemoryPlan, executor: E
         counts.append(engine.apply(step, candidates, recompute=recompute and run_it, compute=run_it))
     accepted = candidate_mask(steps, engine.status, None, len(index))
     started = time.perf_counter()
-    selected = _select(engine, accepted, selection, recompute=recompute,
-                       compute=not only or SELECTION_STEP in only)
+    selected, computed = _select(engine, accepted, selection, recompute=recompute,
+                                 compute=not only or SELECTION_STEP in only)
     report = _report(engine, steps, counts, accepted, selected)
     report.executor, report.workers = executor_name, executor.workers
     report.selection = StepCount(SELECTION_STEP, candidates=int(accepted.sum()), passed=int(selected.sum()),
-                                 rejected=int(accepted.sum() - selected.sum()), computed=engine.selection_computed,
-                                 reused=int(accepted.sum()) - engine.selection_computed,
+                                 rejected=int(accepted.sum() - selected.sum()), computed=computed,
+                                 reused=int(accepted.sum()) - computed,
                                  seconds=round(time.perf_counter() - started, 3))
     data = asdict(report)
     data["written_at"] = utc_now().isoformat()
@@ -263,10 +263,10 @@ def _filter_config(manifest: dict[str, Any], recipe_name: str | None) -> _Filter
 
 # ---------------------------------------------------------------- selection
 def _select(engine: EngineRun, accepted: np.ndarray, selection: SelectionConfig, *, recompute: bool,
-            compute: bool) -> np.ndarray:
+            compute: bool) -> tuple[np.ndarray, int]:
     """Keep at most k accepted samples per prompt by the recipe's policy; stored as the `selection` step.
 
-    Returns the selected mask. Ranking reads only (prompt id, length, id), except the diverse
+    Returns the selected mask and how many verdicts were computed (not reused). Ranking reads only (prompt id, length, id), except the diverse
     policy, which reads the text of prompts with more accepted samples than k."""
     index = engine.index
     chash = index.fingerprint(f"{selection.k}:{selection.policy}", accepted)
@@ -274,7 +274,6 @@ def _select(engine: EngineRun, accepted: np.ndarray, selection: SelectionConfig,
     if not recompute:
         engine._load(SELECTION_STEP, chash, status)
     todo = accepted & (status == 0)
-    engine.selection_computed = int(todo.sum()) if compute else 0
     if todo.any() and compute:
         positions = np.flatnonzero(accepted)
         ranks, sizes = _ranks(engine, positions, selection)
@@ -290,7 +289,7 @@ def _select(engine: EngineRun, accepted: np.ndarray, selection: SelectionConfig,
                 engine._write(SELECTION_STEP, positions[part], ids.take(pa.array(part)).to_pylist(),
                               (verdicts[i] for i in part), chash, status)
     engine.status[SELECTION_STEP] = status
-    return accepted & (status == PASS)
+    return accepted & (status == PASS), int(todo.sum()) if compute else 0
 
 
 def _ranks(engine: EngineRun, positions: np.ndarray, selection: SelectionConfig) -> tuple[np.ndarray, np.ndarray]:

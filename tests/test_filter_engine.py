@@ -234,6 +234,31 @@ def test_step_settings_are_typed_and_hash_their_validated_values() -> None:
         STEPS["dedup"].from_config({"threshold": 1.5})
 
 
+def test_selection_can_close_the_filters_list(replay_home: Path, tmp_path: Path) -> None:
+    """`{step: selection, k, policy}` as the last filter is the selection's settings (counted in the
+    report like a step); anywhere else, or with a bad setting, it is a recipe error at its line."""
+    from factory.errors import RecipeError
+    from factory.filter import run_filter
+    from factory.recipe import load_recipe
+
+    write_traces(tmp_path, 200)
+    recipe = replay_recipe(tmp_path)
+    recipe.write_text(recipe.read_text().replace("ngram: 2}]", "ngram: 2}, {step: selection, k: 1, policy: longest}]"))
+    run_cli("generate", "--recipe", str(recipe), "--quiet", home=replay_home)
+    report = run_filter("replayed", progress=False, workers=1)
+    assert "selection" not in [s.step for s in report.steps]
+    assert report.selection is not None and report.selection.passed == report.selected > 0
+    assert report.selection.candidates == report.selection.passed + report.selection.rejected
+    assert report.selected == report.prompts_with_selection  # k: 1 from the filters entry, not the block's k: 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(recipe.read_text().replace("filters: [{step: format}, ", "filters: [{step: selection}, {step: format}, "))
+    with pytest.raises(RecipeError, match=r"filters\[0\]\.step: selection must be the last filter"):
+        load_recipe(str(bad))
+    bad.write_text(recipe.read_text().replace("k: 1, policy: longest", "k: 0"))
+    with pytest.raises(RecipeError, match=r"filters\[6\]\.k: "):
+        load_recipe(str(bad))
+
+
 # ---------------------------------------------------------------- mix
 def test_mix_drops_exact_duplicates_across_runs_and_says_how_many(replay_home: Path, tmp_path: Path) -> None:
     """The same traces imported as two runs: the second run's curated samples are all duplicates."""

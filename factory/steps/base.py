@@ -27,8 +27,9 @@ in_process           runs in the engine's process (holds a model or a server con
                      not on the worker pool.
 work_factor          the step's peak memory per byte of its input columns (sizes its chunks).
 lsh_grouping         a whole-run step whose state is exact keys and MinHash signatures
-                     (``sketch`` returns a verifiers.dedup.Sketch), so a cluster executor can
-                     group it by key (LSH bands) instead of gathering it on one node.
+                     (``sketch`` returns a verifiers.dedup.Sketch, ``params.dedup_params()``
+                     its settings, ``reference_runs()`` the data it compares against), so a
+                     cluster executor can group it by key (LSH bands) instead of gathering it.
 """
 
 from __future__ import annotations
