@@ -168,13 +168,16 @@ class MemoryPlan:
         return int(max(MIN_CHUNK, min(CHUNK, self.in_flight_bytes / per_row)))
 
 
-def plan_memory(memory_gb: float, workers: int, samples: int, own_rss: int) -> MemoryPlan:
-    """Share `memory_gb` between the index, whole-run state, worker processes and chunks in flight."""
+def plan_memory(memory_gb: float, workers: int, samples: int, own_rss: int, *, fixed_workers: bool = False
+                ) -> MemoryPlan:
+    """Share `memory_gb` between the index, whole-run state, worker processes and chunks in flight.
+
+    `fixed_workers`: the worker count is not ours to change (a Ray cluster); only chunks are sized."""
     budget = int(memory_gb * 2**30)
     state = budget // 4
     room = budget - own_rss - samples * INDEX_ROW_BYTES - state
     fit = max(1, int(room / 2 // WORKER_RSS))     # workers take at most half of what is left
-    use = workers if workers <= fit else max(1, fit)
+    use = workers if workers <= fit or fixed_workers else max(1, fit)
     if use < workers:
         log.warning("memory_gb %.2f: %d worker processes instead of %d, so that their chunks fit", memory_gb, use, workers)
     spare = room - use * WORKER_RSS   # one worker runs inline, in this process, and grows it as much

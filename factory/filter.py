@@ -183,7 +183,7 @@ def _filter_run(store: RunStore, *, recipe: str | None, only: Sequence[str] | No
     name, requested = executor or config.executor, workers or config.workers
     if name == "ray":  # the cluster's size is Ray's; the plan sizes chunks and dedup state
         runner = _executor(name, requested, store)
-        plan = memory_plan(store, config.memory_gb, runner.workers)
+        plan = memory_plan(store, config.memory_gb, runner.workers, fixed_workers=True)
     else:
         plan = memory_plan(store, config.memory_gb, requested or default_workers())
         runner = _executor(name, plan.workers, store)
@@ -234,11 +234,11 @@ def _run(store: RunStore, steps: list[FilterStep], plan: MemoryPlan, executor: E
     return report
 
 
-def memory_plan(store: RunStore, memory_gb: float, workers: int) -> MemoryPlan:
+def memory_plan(store: RunStore, memory_gb: float, workers: int, *, fixed_workers: bool = False) -> MemoryPlan:
     """`memory_gb` shared out for this run (see engine.MemoryPlan for what it bounds)."""
     shards = store.sample_shards()
     samples = sum(pq.read_metadata(s).num_rows for s in shards)
-    return plan_memory(memory_gb, workers, samples, process_rss())
+    return plan_memory(memory_gb, workers, samples, process_rss(), fixed_workers=fixed_workers)
 
 
 def _batch_sizes(plan: MemoryPlan, store: RunStore) -> tuple[int, int]:
