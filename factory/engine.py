@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -474,8 +475,12 @@ class EngineRun:
         return self.plan.chunk_rows(column_bytes(self.store.sample_shards(), columns), step.work_factor)
 
     def spill_dir(self, step: FilterStep) -> Path:
-        """A scratch folder in the run for a whole-run step's spilled state (left over by a killed run: cleared)."""
-        directory = Path(self.store.root) / ".spill" / step.name
+        """A scratch folder in the run for a whole-run step's spilled state (left over by a killed run: cleared).
+
+        A run on a remote filesystem spills to local temporary storage: spilled state is read back at random."""
+        root = str(self.store.root)
+        base = Path(tempfile.gettempdir()) / f"factory-spill-{self.store.name}" if "://" in root else Path(root) / ".spill"
+        directory = base / step.name
         shutil.rmtree(directory, ignore_errors=True)
         return directory
 
