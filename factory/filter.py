@@ -41,7 +41,6 @@ import pyarrow.parquet as pq
 from pydantic import ValidationError
 
 from factory.engine import (
-    CHUNK,
     PASS,
     EngineRun,
     Executor,

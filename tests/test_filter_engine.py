@@ -7,6 +7,7 @@ import json
 import logging
 import random
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -287,7 +288,7 @@ def test_mix_drops_exact_duplicates_across_runs_and_says_how_many(replay_home: P
     assert pq.read_metadata(replay_home / "datasets" / "m" / "data" / "part-00000.parquet").num_rows == 2 * curated
 
 
-def peak_tree_rss(proc: "subprocess.Popen[str]") -> int:
+def peak_tree_rss(proc: subprocess.Popen[str]) -> int:
     """Largest summed RSS of a process and its descendants, sampled every 50 ms until it exits."""
     import time
 
@@ -314,7 +315,6 @@ def test_a_run_of_long_texts_stays_under_its_memory_setting(replay_home: Path, t
     the whole process tree of `factory filter` stays under 1 GiB (the chunks sized for the text alone,
     as before this bound, took ~1.16 GB here)."""
     import os
-    import subprocess
     import sys
 
     traces = write_traces(tmp_path, 1_500)

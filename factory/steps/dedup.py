@@ -15,8 +15,8 @@ from factory.steps.base import FilterStep, StateBudget, StepParams, StepVerdict
 from verifiers.dedup import (
     DEFAULT_THRESHOLD,
     Deduplicator,
-    DedupVerdict,
     DedupParams,
+    DedupVerdict,
     Sketch,
     sketch_batch,
 )
