@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -292,49 +292,89 @@ def _select(engine: EngineRun, accepted: np.ndarray, selection: SelectionConfig,
 
 
 def _ranks(engine: EngineRun, positions: np.ndarray, selection: SelectionConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Rank of each accepted sample within its prompt (0 = best) and the prompt's accepted count."""
+    """Rank of each accepted sample within its prompt (0 = best) and the prompt's accepted count.
+
+    Shortest and longest are one Arrow sort (no Python object per sample); random and diverse
+    reorder only the prompts with more than one accepted sample, diverse reading their texts a
+    bounded batch of prompts at a time."""
     index = engine.index
+    n = len(positions)
     table = pa.table({"prompt": index.prompt_ids.take(pa.array(positions)), "sid": index.ids.take(pa.array(positions)),
-                      "length": index.text_len[positions], "at": np.arange(len(positions))})
+                      "length": index.text_len[positions], "at": np.arange(n)})
     order = "descending" if selection.policy == "longest" else "ascending"
     table = table.sort_by([("prompt", "ascending"), ("length", order), ("sid", "ascending")])
-    prompts = table.column("prompt").to_pylist()
     at = table.column("at").to_numpy()
-    ranks = np.zeros(len(positions), np.int64)
-    sizes = np.zeros(len(positions), np.int64)
-    start = 0
-    texts = _diverse_texts(engine, positions, prompts, at, selection) if selection.policy == "diverse" else {}
-    sids = table.column("sid").to_pylist()
-    lengths = table.column("length").to_numpy()
-    while start < len(prompts):
-        end = start
-        while end < len(prompts) and prompts[end] == prompts[start]:
-            end += 1
-        members = list(range(start, end))
-        if selection.policy in ("random", "diverse") and len(members) > 1:
-            rows = [{"sample_id": sids[i], "text": texts.get(int(at[i]), None), "_i": i, "_len": int(lengths[i])} for i in members]
-            members = [r["_i"] for r in rank_for_selection(rows, selection.policy, seed=prompts[start])]
-        for rank, i in enumerate(members):
-            ranks[at[i]] = rank
-            sizes[at[i]] = end - start
-        start = end
+    starts = _group_starts(table.column("prompt"))
+    opens = np.zeros(n, np.int64)
+    opens[starts] = 1
+    group = np.cumsum(opens) - 1
+    size_of = np.diff(np.append(starts, n))
+    rank_sorted = np.arange(n) - starts[group]
+    if selection.policy in ("random", "diverse"):
+        crowded = np.flatnonzero(size_of > 1)
+        for ordered, members in _reorder_crowded(engine, table, positions, starts, size_of, crowded, selection):
+            rank_sorted[members] = np.argsort(ordered)  # member k's place in the new order
+    ranks = np.zeros(n, np.int64)
+    sizes = np.zeros(n, np.int64)
+    ranks[at] = rank_sorted
+    sizes[at] = size_of[group]
     return ranks, sizes
 
 
-def _diverse_texts(engine: EngineRun, positions: np.ndarray, prompts: list[str], at: np.ndarray,
-                   selection: SelectionConfig) -> dict[int, str]:
-    counts = Counter(prompts)
-    crowded = np.zeros(len(engine.index), bool)
-    crowded[positions[[int(at[i]) for i, p in enumerate(prompts) if counts[p] > 1]]] = True
-    if not crowded.any():
-        return {}
-    where = {int(p): i for i, p in enumerate(positions)}
+def _group_starts(prompts: pa.ChunkedArray) -> np.ndarray:
+    """Where each run of equal prompt ids starts in the sorted column (two missing ids are equal)."""
+    n = len(prompts)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    a, b = prompts.slice(1), prompts.slice(0, n - 1)
+    differs = pc.fill_null(pc.not_equal(a, b), True)
+    both_null = pc.and_(pc.is_null(a), pc.is_null(b))
+    new = pc.and_(differs, pc.invert(both_null)).to_numpy(zero_copy_only=False) if n > 1 else np.zeros(0, bool)
+    return np.concatenate([[0], np.flatnonzero(new) + 1]).astype(np.int64)
+
+
+def _reorder_crowded(engine: EngineRun, table: pa.Table, positions: np.ndarray, starts: np.ndarray,
+                     size_of: np.ndarray, crowded: np.ndarray, selection: SelectionConfig
+                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(new order, member rows) of each crowded prompt by rank_for_selection, in batches of prompts."""
+    sids, prompts = table.column("sid"), table.column("prompt")
+    lengths, at = table.column("length").to_numpy(), table.column("at").to_numpy()
+    budget = max((engine.plan.in_flight_bytes if engine.plan else 2**28) // 4, 1 << 16)   # text read at once
+    batch: list[int] = []
+    held = 0
+    read = 0
+    for g in [*crowded.tolist(), None]:
+        if g is not None:
+            batch.append(g)
+            held += int(lengths[starts[g]:starts[g] + size_of[g]].sum())
+            if held < budget:
+                continue
+        if not batch:
+            break
+        rows = np.concatenate([np.arange(starts[b], starts[b] + size_of[b]) for b in batch])
+        texts = _texts_of(engine, positions[at[rows]]) if selection.policy == "diverse" else {}
+        read += len(texts)
+        sid_list = sids.take(pa.array(rows)).to_pylist()
+        where = dict(zip(rows.tolist(), sid_list))
+        for b in batch:
+            members = np.arange(starts[b], starts[b] + size_of[b])
+            group = [{"sample_id": where[i], "text": texts.get(int(positions[at[i]])), "_i": k, "_len": int(lengths[i])}
+                     for k, i in enumerate(members.tolist())]
+            ordered = [r["_i"] for r in rank_for_selection(group, selection.policy, seed=prompts[int(starts[b])].as_py())]
+            yield np.asarray(ordered), members
+        batch, held = [], 0
+    if selection.policy == "diverse":
+        log.info("selection diverse: read the text of %d samples in %d crowded prompts", read, len(crowded))
+
+
+def _texts_of(engine: EngineRun, wanted: np.ndarray) -> dict[int, str]:
+    """Text of the samples at `wanted` positions of the run, keyed by position."""
+    mask = np.zeros(len(engine.index), bool)
+    mask[wanted] = True
     texts: dict[int, str] = {}
-    for found, table in engine.index.batches(engine.store, ["text"], crowded, engine.batch_rows):
+    for found, table in engine.index.batches(engine.store, ["text"], mask, engine.batch_rows):
         for position, text in zip(found.tolist(), table.column("text").to_pylist()):
-            texts[where[position]] = text or ""
-    log.info("selection diverse: read the text of %d samples in %d crowded prompts", len(texts),
-             sum(1 for c in counts.values() if c > 1))
+            texts[position] = text or ""
     return texts
 
 

@@ -112,6 +112,22 @@ def test_streaming_engine_gives_the_in_memory_engines_verdicts_on_a_replayed_run
     assert report["selected"] == sum(1 for (_, step), (p, _) in got.items() if step == "selection" and p)
 
 
+@pytest.mark.parametrize("policy", ["longest", "random", "diverse"])
+def test_every_selection_policy_matches_the_in_memory_engine(replay_home: Path, tmp_path: Path, policy: str) -> None:
+    """Selection ranks with one Arrow sort (and reads diverse texts a batch of prompts at a time, many
+    batches under a tiny memory_gb): the same verdicts as the engine that ranked Python rows."""
+    write_traces(tmp_path, 400)
+    recipe = replay_recipe(tmp_path, extra="memory_gb: 0.002\n")
+    recipe.write_text(recipe.read_text().replace("selection: {k: 2, policy: shortest}", f"selection: {{k: 2, policy: {policy}}}"))
+    run_cli("generate", "--recipe", str(recipe), "--quiet", home=replay_home)
+    run_dir = replay_home / "runs" / "replayed"
+    expected = legacy_verdicts(run_dir, tmp_path)
+    run_cli("filter", "--run", "replayed", "--quiet", "--workers", "1", home=replay_home)
+    got = latest_verdicts(run_dir)
+    assert got == expected
+    assert sum(1 for (_, step), (passed, _) in got.items() if step == "selection" and not passed) > 10
+
+
 def test_rerun_reuses_every_verdict_and_one_worker_agrees(replayed_run: Path) -> None:
     from factory.filter import run_filter
 
