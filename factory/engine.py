@@ -151,9 +151,10 @@ class MemoryPlan:
     (fewer workers when they would not fit) and the chunks in flight (their rows set from the
     measured bytes per row of the columns each step reads, times the queue depth).
     Not covered: a single sample bigger than the chunk budget (it is still read whole), a step
-    that holds a model (the judge: its server or weights are its own), the `diverse` selection
-    policy (it reads the texts of crowded prompts), and on Ray the cluster's own processes and
-    object store (Ray's settings bound those; there memory_gb sizes chunks and dedup state).
+    that holds a model (the judge: its server or weights are its own), a step's own child
+    processes (the math and code verifiers' sandboxes), and on Ray the cluster's own processes
+    and object store (Ray's settings bound those; there memory_gb sizes chunks and dedup state,
+    and the driver holds each dedup candidate's id and rank).
     """
 
     budget: int
