@@ -410,6 +410,62 @@ def test_ray_dedup_against_other_runs_gives_the_local_verdicts(replay_home: Path
     assert details == local_details  # the same keeper, kind and similarity for every sample
 
 
+def test_ray_buckets_verify_the_pairs_the_local_lsh_verifies() -> None:
+    """A bucket on the cluster pairs its members in exact-key order and checks the short-text threshold,
+    as the local LSH does: the verified pairs are the same (big buckets of short, similar texts)."""
+    from factory.ray_executor import _bucket_pairs
+    from verifiers.dedup import (
+        DedupParams,
+        _band_keys,
+        _candidate_pairs,
+        _jaccard_estimates,
+        lsh_bands,
+        pair_thresholds,
+        sketch_batch,
+    )
+
+    rng = random.Random(3)
+    vocabulary = [f"w{i}" for i in range(300)]
+    texts = set()
+    for _ in range(30):  # short texts (higher thresholds) in clusters of copies edited more and more
+        base = [rng.choice(vocabulary) for _ in range(rng.randint(10, 60))]
+        for edits in range(12):
+            copy = list(base)
+            for _ in range(edits):
+                copy[rng.randrange(len(copy))] = rng.choice(vocabulary)
+            texts.add(" ".join(copy))
+    texts = sorted(texts)
+    params = DedupParams()
+    sketch = sketch_batch(texts, params)
+    keys = sketch.exact_keys
+    order = np.lexsort((keys[:, 1], keys[:, 0]))          # the local representatives' (exact-key) order
+    sigs, shingles = sketch.signatures[order], sketch.shingles[order]
+    keep = shingles > 0
+    sigs, shingles = sigs[keep], shingles[keep]
+    pos = np.array(rng.sample(range(10**6), len(sigs)))  # arrival positions: not the key order
+    bands, rows = lsh_bands(params.threshold, params.num_perm)
+    pairs = _candidate_pairs(sigs, bands, rows)
+    need = pair_thresholds(params.threshold, np.minimum(shingles[pairs[:, 0]], shingles[pairs[:, 1]]))
+    local = {tuple(sorted(p)) for p in pos[pairs[_jaccard_estimates(sigs, pairs) >= need]].tolist()}
+    # The same rows, shuffled, grouped by (band, bucket) as Ray's groupby hands them over.
+    k = keys[order][keep]
+    width = pa.binary(4 * params.num_perm)
+    on_cluster: set[tuple[int, int]] = set()
+    shuffled = rng.sample(range(len(pos)), len(pos))
+    for band in range(bands):
+        buckets = _band_keys(sigs, rows, band)
+        for bucket in np.unique(buckets):
+            members = [i for i in shuffled if buckets[i] == bucket]
+            if len(members) < 2:
+                continue
+            group = pa.table({"pos": pos[members], "k0": k[members, 0], "k1": k[members, 1], "shingles": shingles[members],
+                              "sig": pa.FixedSizeBinaryArray.from_buffers(width, len(members),
+                                                                          [None, pa.py_buffer(sigs[members].tobytes())])})
+            found = _bucket_pairs(group, params.threshold, params.short_text_shingles)
+            on_cluster |= {tuple(sorted(p)) for p in zip(found.column("a").to_pylist(), found.column("b").to_pylist())}
+    assert len(local) > 50 and on_cluster == local
+
+
 def test_ray_filter_killed_at_random_points_resumes_to_the_same_verdicts(replay_home: Path, tmp_path: Path) -> None:
     """SIGKILL `factory filter --executor ray` mid-run, then finish: every (sample, step) decided once,
     verdicts equal to an uninterrupted local run."""
