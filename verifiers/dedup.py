@@ -840,6 +840,8 @@ class _StateSpill:
 
     def append(self, sigs: np.ndarray, ranks: Sequence[tuple]) -> None:
         assert self._writer is not None
+        if not len(ranks):
+            return  # no empty row groups: row group g holds items _starts[g] to _starts[g + 1]
         columns: dict[str, Any] = {"rank": pa.array([json.dumps(r, default=str) for r in ranks], pa.string())}
         if self.num_perm:
             sigs = np.ascontiguousarray(sigs, np.uint32)
