@@ -445,7 +445,7 @@ class TestServer:
         self.buffer = bytearray()
 
     def submit(self, job: int, tests: dict[str, Any], wfd: int, rfd: int) -> None:
-        payload = json.dumps({"job": job, "tests": tests}).encode()
+        payload = wire.dumps({"job": job, "tests": tests})
         socket.send_fds(self.control, [len(payload).to_bytes(4, "big")], [wfd, rfd])
         self.control.sendall(payload)
         self.jobs += 1
@@ -463,7 +463,7 @@ class TestServer:
                 if len(self.buffer) < 4 + size:
                     break
                 try:
-                    frame = json.loads(bytes(self.buffer[4:4 + size]))
+                    frame = wire.loads(bytes(self.buffer[4:4 + size]))
                 except ValueError:
                     return frames, False, True
                 del self.buffer[:4 + size]
@@ -511,7 +511,7 @@ def _serve_tests(control_fd: int, report_fd: int) -> None:
             if not chunk:
                 return
             payload += chunk
-        message = json.loads(payload)
+        message = wire.loads(bytes(payload))
         wfd, rfd = fds
         try:
             harness.run_test_side(message["tests"], wfd=wfd, rfd=rfd, report_fd=report_fd, job=message["job"])

@@ -30,6 +30,7 @@ and the program unless it is a probe, reap it and any orphans) → wait status.
 
 from __future__ import annotations
 
+import builtins
 import errno
 import fcntl
 import gc
@@ -64,7 +65,10 @@ PREIMPORTS = ("math", "cmath", "re", "string", "collections", "collections.abc",
               "operator", "heapq", "bisect", "array", "typing", "random", "fractions", "decimal",
               "statistics", "copy", "json", "hashlib", "datetime", "time", "dataclasses", "enum", "abc",
               "numbers", "textwrap", "unicodedata", "struct", "contextlib", "io", "traceback", "types",
-              "queue", "sys", "os", "ast", "inspect")
+              "sys", "os", "ast", "inspect")
+# Not "queue" or "threading": threading's fork hook (os.register_at_fork) would
+# run in every child, ~100 copy-on-write faults each; a program that imports
+# them pays that import once, in its own process.
 FUNCTION, STDIO, PROBE = 0, 1, 2
 # op, mode, memory_mb, timeout_s; an unsafe run's working directory follows as UTF-8.
 _SPAWN = struct.Struct(">cBId")
@@ -72,6 +76,9 @@ _END = struct.Struct(">ci?")      # op, pid, kill first
 _REPLY = struct.Struct(">i")      # pid or wait status; -errno and a reason on failure
 _SPEC = struct.Struct(">III")     # lengths of program, prompt, entry point (UTF-8)
 _MAX_FDS = 16
+# Where a child finds the violation pipe: function mode (stdio, two test pipes,
+# violations, spec) and stdin/stdout mode (stdio, violations, spec).
+_FUNCTION_VIOLATION_FD, _STDIO_VIOLATION_FD = 5, 3
 
 
 @dataclass
@@ -81,6 +88,9 @@ class Zygote:
     program_ns: bool
     cgroup_fds: list[int] = field(default_factory=list)
     pidns_fd: int | None = None  # our own PID namespace, to return to after each fork
+    # Built once, before any fork: each child would otherwise build its own.
+    builtins: dict[str, Any] = field(default_factory=lambda: dict(builtins.__dict__))
+    hooks: dict[int, Any] = field(default_factory=dict)  # violation fd -> audit hook (sandboxed runs)
 
     # ------------------------------------------------------------------ setup
 
@@ -100,9 +110,10 @@ class Zygote:
             _enter_namespaces_of(int(config["worker_pid"]))
         detach()
         confine_inherited(zygote.uid, config["seccomp"])
-        home = (WORKDIR if zygote.program_ns else "/tmp") if namespaces else None
-        if home is not None:
+        if namespaces:
+            home = WORKDIR if zygote.program_ns else "/tmp"
             os.environ["HOME"] = os.environ["TMPDIR"] = home
+            zygote.hooks = {fd: harness.policy_hook(home, fd) for fd in (_FUNCTION_VIOLATION_FD, _STDIO_VIOLATION_FD)}
         return zygote, {"ready": True, "pidns": pidns}
 
     # ------------------------------------------------------------------ the loop
@@ -162,7 +173,8 @@ class Zygote:
             status = os.waitpid(pid, 0)[1]
         except ChildProcessError:
             status = 0
-        _reap_orphans()
+        if self.pidns_fd is None:  # in a PID namespace, orphans die with it instead of coming to us
+            _reap_orphans()
         return _REPLY.pack(status)
 
     # ------------------------------------------------------------------ in the forked child
@@ -179,14 +191,19 @@ class Zygote:
         program, prompt, entry_point = _read_spec(len(fds) - 1)
         home = self._confine(memory_mb, timeout_s, workdir)
         if mode == FUNCTION:
-            harness.install_policy_hook(home, violation_fd=5)
-            harness.serve_program(program, {"prompt": prompt, "entry_point": entry_point}, rfd=3, wfd=4)
+            self._audit(home, _FUNCTION_VIOLATION_FD)
+            harness.serve_program(program, {"prompt": prompt, "entry_point": entry_point}, rfd=3, wfd=4,
+                                  pristine=self.builtins)
             return 0
-        harness.install_policy_hook(home, violation_fd=3)
+        self._audit(home, _STDIO_VIOLATION_FD)
         sys.stdin = open(0, "r", encoding="utf-8", errors="replace", closefd=False)
         sys.stdout = open(1, "w", encoding="utf-8", errors="replace", closefd=False)
         sys.stderr = open(2, "w", encoding="utf-8", errors="replace", closefd=False)
         return harness.run_script(program)
+
+    def _audit(self, home: str, violation_fd: int) -> None:
+        hook = self.hooks.get(violation_fd)
+        sys.addaudithook(hook if hook is not None else harness.policy_hook(home, violation_fd))
 
     def _confine(self, memory_mb: int, timeout_s: float, workdir: str | None) -> str:
         """The per-program sandbox; returns the program's working directory."""
