@@ -17,7 +17,7 @@ import os
 import resource
 import signal
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x08000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = (
@@ -102,8 +102,7 @@ def detach() -> None:
 
 # --------------------------------------------------------------------------- limits and filters
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(NamedTuple):
     memory_mb: int
     cpu_s: float  # 0: none (a long-lived helper bounded by the worker's wall clock)
 

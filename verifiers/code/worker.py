@@ -354,7 +354,16 @@ def _spawn(state: WorkerState, mode: int, program: str, tests: dict[str, Any], m
 
 
 def _end_program(pid: int, state: WorkerState) -> int:
-    """Kill the program and whatever it started, reap them; the program's wait status."""
+    """Kill the program and whatever it started, reap them; the program's wait status.
+
+    The zygote reaps the program only on ``end``, so until then its pid (and
+    process group) are its own: signalling them here cannot reach another process.
+    """
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
     _reap_strays(state)
     return state.zygote.end(pid)
 
