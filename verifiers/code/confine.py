@@ -17,7 +17,7 @@ import os
 import resource
 import signal
 import struct
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x08000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = (
@@ -50,6 +50,20 @@ def _load_libc() -> ctypes.CDLL:
 _libc = _load_libc()
 
 
+def _function(name: str, *argtypes: Any) -> Any:
+    """A libc function with its argument types declared: calls convert plain ints
+    and bytes in C, without building ctypes objects in Python."""
+    function = _libc[name]
+    function.restype, function.argtypes = ctypes.c_int, argtypes
+    return function
+
+
+_unshare = _function("unshare", ctypes.c_int)
+_setns = _function("setns", ctypes.c_int, ctypes.c_int)
+_mount = _function("mount", ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
+_prctl = _function("prctl", ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
+
+
 def _check(result: int, what: str) -> None:
     if result != 0:
         errno = ctypes.get_errno()
@@ -57,17 +71,22 @@ def _check(result: int, what: str) -> None:
 
 
 def unshare(flags: int) -> None:
-    _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
+    if _unshare(flags):
+        _check(-1, "unshare")
 
 
 def setns(fd: int, nstype: int) -> None:
-    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
+    if _setns(fd, nstype):
+        _check(-1, "setns")
+
+
+def _encode(text: str | None) -> bytes | None:
+    return text.encode() if text is not None else None
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    enc = (lambda s: s.encode() if s is not None else None)
-    _check(_libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)),
-           f"mount {target}")
+    if _mount(_encode(source), _encode(target), _encode(fstype), flags, _encode(data)):
+        _check(-1, f"mount {target}")
 
 
 def umount(target: str, flags: int = 0) -> None:
@@ -75,8 +94,8 @@ def umount(target: str, flags: int = 0) -> None:
 
 
 def prctl(option: int, value: int) -> None:
-    _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(value), ctypes.c_ulong(0), ctypes.c_ulong(0),
-                       ctypes.c_ulong(0)), f"prctl {option}")
+    if _prctl(option, value, 0, 0, 0):
+        _check(-1, f"prctl {option}")
 
 
 def pivot_root(new_root: str) -> None:
@@ -161,16 +180,26 @@ def confine_inherited(uid: int | None, seccomp: bool = True) -> None:
         install_seccomp(KEYRING_FILTER)
 
 
-def enter_program_namespaces(uid: int | None, fresh_proc: bool) -> None:
-    """In a freshly forked program (already in its cgroup and PID namespace): own
-    IPC+mount namespaces with a fresh tmpfs on /tmp/work (and /proc, when in a
-    PID namespace of its own). Both go with the namespaces: no cleanup that can fail."""
-    unshare(CLONE_NEWNS | CLONE_NEWIPC)
-    # On /tmp/work, not over /tmp: a venv under /tmp (a CI checkout) stays visible.
+def program_mounts(uid: int | None, fresh_proc: bool) -> list[tuple[bytes, bytes, bytes, int, bytes | None]]:
+    """What ``enter_program_namespaces`` mounts (built once, in the zygote): a fresh
+    tmpfs on /tmp/work, and /proc when the program has a PID namespace of its own.
+    On /tmp/work, not over /tmp: a venv under /tmp (a CI checkout) stays visible."""
     owner = f",uid={uid},gid={uid}" if uid is not None else ""
-    mount("tmpfs", WORKDIR, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=0700,size={SCRATCH_SIZE}{owner}")
+    mounts = [(b"tmpfs", WORKDIR.encode(), b"tmpfs", MS_NOSUID | MS_NODEV,
+               f"mode=0700,size={SCRATCH_SIZE}{owner}".encode())]
     if fresh_proc:
-        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        mounts.append((b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None))
+    return mounts
+
+
+def enter_program_namespaces(mounts: list[tuple[bytes, bytes, bytes, int, bytes | None]]) -> None:
+    """In a freshly forked program (already in its cgroup and PID namespace): own
+    IPC+mount namespaces with ``program_mounts``. Both go with the namespaces:
+    no cleanup that can fail."""
+    unshare(CLONE_NEWNS | CLONE_NEWIPC)
+    for source, target, fstype, flags, data in mounts:
+        if _mount(source, target, fstype, flags, data):
+            _check(-1, f"mount {target.decode()}")
 
 
 def confine_program(uid: int | None, workdir: str, memory_mb: int, cpu_s: float) -> None:

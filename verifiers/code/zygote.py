@@ -46,20 +46,8 @@ import sys
 from typing import Any
 
 from . import harness
-from .confine import (
-    CLONE_NEWNET,
-    CLONE_NEWNS,
-    CLONE_NEWPID,
-    PR_SET_PDEATHSIG,
-    WORKDIR,
-    confine_inherited,
-    confine_program,
-    detach,
-    enter_program_namespaces,
-    prctl,
-    setns,
-    unshare,
-)
+from .confine import (CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, PR_SET_PDEATHSIG, WORKDIR, confine_inherited,
+                      confine_program, detach, enter_program_namespaces, prctl, program_mounts, setns, unshare)
 
 # Imported once here so that programs do not pay for them: what programs
 # commonly import. Every module here is mapped in every program's parent, and
@@ -92,6 +80,7 @@ class Zygote:
         # Built once, before any fork: each child would otherwise build its own.
         self.builtins = dict(builtins.__dict__)
         self.hooks: dict[int, Any] = {}  # violation fd -> audit hook (sandboxed runs)
+        self.mounts: list[tuple] = []  # what each program mounts in its own mount namespace
 
     # ------------------------------------------------------------------ setup
 
@@ -112,9 +101,11 @@ class Zygote:
         detach()
         confine_inherited(zygote.uid, config["seccomp"])
         if namespaces:
+            zygote.mounts = program_mounts(zygote.uid, fresh_proc=zygote.pidns_fd is not None)
             home = WORKDIR if zygote.program_ns else "/tmp"
             os.environ["HOME"] = os.environ["TMPDIR"] = home
-            zygote.hooks = {fd: harness.policy_hook(home, fd) for fd in (_FUNCTION_VIOLATION_FD, _STDIO_VIOLATION_FD)}
+            zygote.hooks = {fd: harness.policy_hook(home, fd)
+                            for fd in (_FUNCTION_VIOLATION_FD, _STDIO_VIOLATION_FD)}
         return zygote, {"ready": True, "pidns": pidns}
 
     # ------------------------------------------------------------------ the loop
@@ -216,7 +207,7 @@ class Zygote:
     def _confine(self, memory_mb: int, timeout_s: float, workdir: str | None) -> str:
         """The per-program sandbox; returns the program's working directory."""
         if self.program_ns:
-            enter_program_namespaces(self.uid, fresh_proc=self.pidns_fd is not None)
+            enter_program_namespaces(self.mounts)
             home = WORKDIR
         elif self.namespaces:
             home = "/tmp"  # the IPC+mount layer switched off (only to measure what it costs)
@@ -261,11 +252,23 @@ def _enter_namespaces_of(pid: int) -> None:
 
 def _place_fds(fds: list[int]) -> None:
     """Make ``fds`` this process's 0, 1, 2, ... and close every other descriptor."""
-    # Above every target first, so that no dup2 below overwrites a source.
-    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD, len(fds)) for fd in fds]
+    # Sources above every target (the zygote keeps its low descriptors taken),
+    # so that no dup2 below overwrites a source; else move them up first.
+    moved = fds
+    if min(fds, default=len(fds)) < len(fds):
+        moved = [fcntl.fcntl(fd, fcntl.F_DUPFD, len(fds)) for fd in fds]
     for target, fd in enumerate(moved):
         os.dup2(fd, target)
     os.closerange(len(moved), 1 << 16)
+
+
+def _take_low_fds() -> None:
+    """Fill descriptors below ``_MAX_FDS`` (with /dev/null), so that every descriptor
+    a job brings lands above the numbers the child moves them to."""
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    while null < _MAX_FDS:
+        null = os.dup(null)
+    os.close(null)
 
 
 def _read_spec(fd: int) -> tuple[str, str, str | None]:
@@ -342,6 +345,7 @@ def main() -> None:
     """``python -I -c ... <socket fd>``, started by the worker."""
     sock = socket.socket(fileno=int(sys.argv[1]))
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the worker is our parent
+    _take_low_fds()
     for name in PREIMPORTS:
         importlib.import_module(name)
     message, fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, _MAX_FDS)
