@@ -598,6 +598,27 @@ def test_pool_recovers_when_its_test_server_is_killed(pool):
 
 
 @needs_sandbox
+def test_modules_the_zygote_does_not_preload_import_inside_the_sandbox(pool):
+    # The zygote preloads only what programs commonly import; the rest (threading
+    # among them) must still import from the sandbox's read-only root.
+    program = src("""
+        import dataclasses, datetime, fractions, hashlib, inspect, queue, statistics, threading
+        @dataclasses.dataclass
+        class Point:
+            x: int
+        def f(n):
+            results = queue.Queue()
+            worker = threading.Thread(target=lambda: results.put(Point(n).x * 2))
+            worker.start()
+            worker.join()
+            return (results.get(), str(fractions.Fraction(n, 4)), statistics.mean([n, n + 2]),
+                    hashlib.md5(b'x').hexdigest()[:4], datetime.date(2024, 1, n).day, inspect.isfunction(f))
+        """)
+    verdict = pool.run_tests(program, asserts(["assert f(2) == (4, '1/2', 3, '9dd4', 2, True)"]))
+    assert verdict.passed, verdict
+
+
+@needs_sandbox
 def test_numpy_results_compare_as_plain_data(pool):
     program = src("""
         import numpy as np
