@@ -17,14 +17,14 @@ Layers, from the outside in (``SandboxPool.info["layers"]`` says which are on):
   ``PROCESS_LIMIT`` processes for *all* of a program's processes together;
   the worker reads its CPU time for timeouts and its OOM kills for the
   ``memory`` verdict.
-* **sandbox** (``enter_program_sandbox``, in each forked program): its own PID
-  namespace (the worker unshares it before the fork; when the program's first
-  process dies the kernel kills the rest), IPC namespace (System V objects and
-  POSIX queues die with it) and mount namespace with a fresh ``/proc`` and a
-  fresh tmpfs on ``/tmp/work``, its cwd (freed with the namespace: no cleanup
-  that can fail),
-  a seccomp filter refusing the kernel keyring (per-uid, it would outlive
-  the program), rlimits, its uid, ``no_new_privs``.
+* **sandbox** (``confine``, set up by the slot's ``zygote``): each program in
+  its own PID namespace (the zygote unshares it before the fork; when the
+  program's first process dies the kernel kills the rest), IPC namespace
+  (System V objects and POSIX queues die with it) and mount namespace with a
+  fresh ``/proc`` and a fresh tmpfs on ``/tmp/work``, its cwd (freed with the
+  namespace: no cleanup that can fail), rlimits, its uid; a seccomp filter
+  refusing the kernel keyring (per-uid, it would outlive the program) and
+  ``no_new_privs``, set once in the zygote and inherited.
 
 System calls and what runs inside the zygote and the programs live in ``confine``.
 """
@@ -40,22 +40,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from .confine import (
-    CLONE_NEWNET,
-    CLONE_NEWNS,
-    MS_BIND,
-    MS_NODEV,
-    MS_NOSUID,
-    MS_PRIVATE,
-    MS_RDONLY,
-    MS_REC,
-    MS_REMOUNT,
-    PROCESS_LIMIT,
-    WORKDIR,
-    mount,
-    pivot_root,
-    unshare,
-)
+from .confine import (CLONE_NEWNET, CLONE_NEWNS, MS_BIND, MS_NODEV, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC,
+                      MS_REMOUNT, PROCESS_LIMIT, WORKDIR, mount, pivot_root, unshare)
 
 log = logging.getLogger(__name__)
 

@@ -43,22 +43,8 @@ from typing import Any, Callable
 
 from . import harness, wire
 from .confine import PROCESS_LIMIT, Limits, detach, drop_privileges
-from .isolation import (
-    SandboxUnavailable,
-    SlotCgroup,
-    create_slot_cgroup,
-    isolate_worker,
-    kill_cgroup_members,
-)
-from .zygote import (
-    FUNCTION,
-    PROBE,
-    STDIO,
-    encode_spec,
-    read_reply,
-    request_end,
-    request_spawn,
-)
+from .isolation import SandboxUnavailable, SlotCgroup, create_slot_cgroup, isolate_worker, kill_cgroup_members
+from .zygote import FUNCTION, PROBE, STDIO, encode_spec, read_reply, request_end, request_spawn
 
 log = logging.getLogger(__name__)
 

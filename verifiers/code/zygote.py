@@ -115,24 +115,28 @@ class Zygote:
             message, fds, _flags, _addr = socket.recv_fds(sock, 4096, _MAX_FDS)
             if not message:
                 return
+            pid = -1
             try:
                 if message[:1] == b"s":
                     reply = self._spawn(message, fds)
+                    pid = _REPLY.unpack_from(reply)[0]
                 elif message[:1] == b"e":
                     reply = self._end(message)
                 else:
                     reply = _failure(errno.EINVAL, "unknown request")
+            except OSError as exc:  # unshare/setns refused, a malformed request: say so, keep serving
+                reply = _failure(exc.errno or errno.EINVAL, str(exc))
             finally:
                 for fd in fds:
                     os.close(fd)
             sock.send(reply)
-            if message[:1] == b"s" and len(reply) == _REPLY.size:
+            if pid > 0:
                 # Touch nothing while the program runs: every page we write now
                 # would be copied (it is shared with the child); once it is dead,
                 # writing one only takes a fault. Not reaped yet (WNOWAIT): until
                 # "end", its pid and process group cannot be reused, so the
                 # worker may signal them.
-                os.waitid(os.P_PID, _REPLY.unpack(reply)[0], os.WEXITED | os.WNOWAIT)
+                os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
 
     def _spawn(self, message: bytes, fds: list[int]) -> bytes:
         _op, mode, memory_mb, timeout_s = _SPAWN.unpack_from(message)
