@@ -598,7 +598,7 @@ def test_pool_recovers_when_its_test_server_is_killed(pool):
 
 
 @needs_sandbox
-def test_modules_the_zygote_does_not_preload_import_inside_the_sandbox(pool):
+def test_modules_the_zygote_does_not_preload_and_site_builtins_work_inside_the_sandbox(pool):
     # The zygote preloads only what programs commonly import; the rest (threading
     # among them) must still import from the sandbox's read-only root.
     program = src("""
@@ -616,6 +616,13 @@ def test_modules_the_zygote_does_not_preload_import_inside_the_sandbox(pool):
         """)
     verdict = pool.run_tests(program, asserts(["assert f(2) == (4, '1/2', 3, '9dd4', 2, True)"]))
     assert verdict.passed, verdict
+    # It runs without site (python -S), yet programs get what site gives them:
+    # exit()/quit()/help in builtins and the venv's packages on sys.path.
+    stdio = pool.run_tests("import numpy\nprint(numpy.int64(6) * 7)\nexit(0)\nprint('after exit')\n",
+                           CodeTests.stdio([("", "42\n")]))
+    assert stdio.passed, stdio
+    assert pool.run_tests("import builtins\ndef f():\n    return callable(builtins.quit) and callable(help)\n",
+                          asserts(["assert f() is True"])).passed
 
 
 @needs_sandbox

@@ -266,6 +266,15 @@ def _place_fds(fds: list[int]) -> None:
     os.closerange(len(moved), 1 << 16)
 
 
+def _site_builtins() -> None:
+    """What ``site`` puts in builtins (``exit``, ``quit``, ``help``, ``copyright``,
+    ...), for programs; the zygote runs without ``site`` (python -S)."""
+    import site
+    site.setquit()
+    site.setcopyright()
+    site.sethelper()
+
+
 def _take_low_fds() -> None:
     """Fill descriptors below ``_MAX_FDS`` (with /dev/null), so that every descriptor
     a job brings lands above the numbers the child moves them to."""
@@ -350,6 +359,7 @@ def main() -> None:
     sock = socket.socket(fileno=int(sys.argv[1]))
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the worker is our parent
     _take_low_fds()
+    _site_builtins()
     for name in PREIMPORTS:
         importlib.import_module(name)
     message, fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, _MAX_FDS)
