@@ -623,6 +623,8 @@ def test_modules_the_zygote_does_not_preload_and_site_builtins_work_inside_the_s
     assert stdio.passed, stdio
     assert pool.run_tests("import builtins\ndef f():\n    return callable(builtins.quit) and callable(help)\n",
                           asserts(["assert f() is True"])).passed
+    # ... and the sys.argv of `python -c`, not the zygote's own arguments.
+    assert pool.run_tests("import sys\ndef f():\n    return sys.argv\n", asserts(["assert f() == ['-c']"])).passed
 
 
 @needs_sandbox

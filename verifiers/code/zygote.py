@@ -357,6 +357,7 @@ def read_reply(reply: bytes) -> int:
 def main() -> None:
     """``python -I -c ... <socket fd>``, started by the worker."""
     sock = socket.socket(fileno=int(sys.argv[1]))
+    del sys.argv[1:]  # programs see what `python -c` gives them, not our descriptor and paths
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the worker is our parent
     _take_low_fds()
     _site_builtins()
