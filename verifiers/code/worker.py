@@ -560,11 +560,13 @@ def _run_functions(program: str, tests: dict[str, Any], timeout_s: float, memory
         frames, timed_out, broken = server.collect(job, budget)
     except OSError:
         frames, timed_out, broken = [], False, True
+    finally:
+        # Whatever happened: the zygote waits for this program's death before its next fork.
+        _end_program(program_pid, state)
     why_timeout = budget.describe() if timed_out else ""
     if timed_out or broken or server.jobs >= TEST_SERVER_JOBS:
         server.close()
         state.test_server = None
-    _end_program(program_pid, state)
     violation, memory = _read_violation(viol_r), _memory_verdict(state, oom0, memory_mb)
     if workdir is not None:
         _remove_tree(workdir)
