@@ -658,6 +658,29 @@ def test_pool_survives_a_worker_dying_idle_or_mid_job():
     assert verdicts[1].passed
 
 
+@needs_sandbox
+def test_pool_survives_its_zygote_dying():
+    tests = asserts(["assert f(1) == 1"])
+    good = "def f(x):\n    return x\n"
+    with SandboxPool(1) as one:
+        assert one.run_tests(good, tests).passed
+        worker = psutil.Process(one.workers[0].proc.pid)
+        zygotes = [p for p in worker.children() if "verifiers.code.zygote" in " ".join(p.cmdline())]
+        assert len(zygotes) == 1  # the process that forks every program of the slot
+        zygotes[0].kill()
+        for _ in range(500):  # dead once it is a zombie (the worker reaps it later)
+            try:
+                if zygotes[0].status() == psutil.STATUS_ZOMBIE:
+                    break
+            except psutil.NoSuchProcess:
+                break
+            time.sleep(0.01)
+        verdicts = one.run_batch([(good, tests)] * 3)
+        # The job that found it dead is an error at worst; the pool then replaces the worker.
+        assert all(v.passed or (v.status == "error" and "died" in v.detail) for v in verdicts), verdicts
+        assert verdicts[-1].passed and one.run_tests(good, tests).passed
+
+
 # --------------------------------------------------------------------------- issue 18: one test per class
 # Each test is an attack a reward-hacking policy could write; the sandbox must contain it.
 

@@ -24,6 +24,7 @@ objects go with its namespaces.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import gc
 import json
@@ -119,6 +120,8 @@ def main() -> None:
         started = time.monotonic()
         try:
             verdict = run_job(job, state)
+        except ZygoteDied as exc:  # killed from outside; we exit below and the pool replaces us
+            verdict = _verdict("error", 0, 0, f"sandbox error: {exc}")
         except Exception as exc:  # a bug here must not take the worker down
             log.exception("job failed")
             verdict = _verdict("error", 0, 0, f"sandbox error: {exc}")
@@ -280,6 +283,10 @@ _ZYGOTE_BOOT = ("import sys; sys.path[:] = [{root!r}] + sys.argv[2:]; "
                 "from verifiers.code.zygote import main; main()")
 
 
+class ZygoteDied(OSError):
+    """The worker's zygote is gone (killed from outside); the pool replaces the worker."""
+
+
 class ZygoteHandle:
     """The worker's end of its zygote (see ``zygote``): it forks every program.
 
@@ -310,13 +317,24 @@ class ZygoteHandle:
 
     def spawn(self, mode: int, memory_mb: int, timeout_s: float, workdir: str | None, fds: list[int]) -> int:
         """Fork a program whose descriptors are ``fds`` (0, 1, 2, ...); its pid."""
-        socket.send_fds(self.sock, [request_spawn(mode, memory_mb, timeout_s, workdir)], fds)
-        return read_reply(self.sock.recv(4096))
+        return self._ask(request_spawn(mode, memory_mb, timeout_s, workdir), fds)
 
     def end(self, pid: int, kill: bool = True) -> int:
         """Kill (unless ``kill`` is false) and reap a program; its wait status."""
-        self.sock.send(request_end(pid, kill))
-        return read_reply(self.sock.recv(4096))
+        return self._ask(request_end(pid, kill))
+
+    def _ask(self, request: bytes, fds: list[int] = ()) -> int:
+        try:
+            if fds:
+                socket.send_fds(self.sock, [request], list(fds))
+            else:
+                self.sock.send(request)
+            reply = self.sock.recv(4096)
+        except (BrokenPipeError, ConnectionResetError):
+            reply = b""
+        if not reply:
+            raise ZygoteDied(errno.EPIPE, "the zygote died")
+        return read_reply(reply)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
