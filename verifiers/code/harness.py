@@ -186,11 +186,12 @@ def _restore_builtins(pristine: dict[str, Any]) -> None:
     dozens of pages the program shares with the zygote."""
     current = builtins.__dict__
     for name in _PLUMBING_BUILTINS:
-        original = pristine[name]
-        if current.get(name) is not original:  # identity only: values may be hostile objects
+        original = pristine.get(name, _MISSING)
+        if original is not _MISSING and current.get(name) is not original:  # identity: values may be hostile
             current[name] = original
 
 
+_MISSING = object()
 # What the program side's plumbing (``_answer``, ``_export``, ``wire``, ``json``) looks up in builtins.
 _PLUMBING_BUILTINS = ("type", "isinstance", "issubclass", "len", "list", "tuple", "dict", "set", "frozenset",
                       "bytes", "bytearray", "str", "int", "float", "complex", "bool", "iter", "next", "getattr",
