@@ -41,11 +41,12 @@ import typing
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import pyarrow as pa
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     ValidationError,
     create_model,
@@ -69,6 +70,16 @@ class StepVerdict:
     reason: str | None = None
     score: float | None = None
     detail: dict[str, Any] | None = None
+
+
+def _expect_bool(value: Any) -> Any:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")  # noqa: TRY004 (pydantic reports ValueError only)
+    return value
+
+
+# A step setting that is true or false: YAML's `yes`, 1 or "true" are recipe errors, not coerced.
+Flag = Annotated[bool, BeforeValidator(_expect_bool)]
 
 
 class StepParams(BaseModel):

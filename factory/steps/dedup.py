@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 from pydantic import model_validator
 
 from factory.errors import FactoryError
-from factory.steps.base import FilterStep, StateBudget, StepParams, StepVerdict
+from factory.steps.base import FilterStep, Flag, StateBudget, StepParams, StepVerdict
 from verifiers.dedup import (
     DEFAULT_THRESHOLD,
     Deduplicator,
@@ -25,7 +25,7 @@ from verifiers.dedup import (
 class DedupStepParams(StepParams):
     field: Literal["text", "prompt", "answer", "both"] = "text"  # both = prompt + response
     against_runs: tuple[str, ...] = ()   # curated runs whose selected samples win over this run's
-    near: bool = True                    # also MinHash near-duplicates, not only exact ones
+    near: Flag = True                    # also MinHash near-duplicates, not only exact ones
     num_perm: int = 128
     threshold: float = DEFAULT_THRESHOLD
     shingle: Literal["word", "char"] = "word"
