@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from factory.progress import RateProgress
 from factory.steps import FilterStep, StepVerdict
-from factory.store import RunStore, utc_now, visible_shards
+from factory.store import RunStore, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class RunIndex:
         ids, prompts, tasks, tokens, lengths = [], [], [], [], []
         groups: list[tuple[str, int, int]] = []
         for shard in store.sample_shards():
-            parquet = pq.ParquetFile(shard)
+            parquet = store.parquet_file(shard)
             for g in range(parquet.num_row_groups):
                 groups.append((str(shard), g, parquet.metadata.row_group(g).num_rows))
             for batch in parquet.iter_batches(batch_size=batch_rows, columns=[*INDEX_COLUMNS, "text"]):
@@ -187,7 +187,7 @@ class RunIndex:
             wanted = mask[offset:offset + rows]
             if wanted.any():
                 if opened is None or opened[0] != path:
-                    opened = (path, pq.ParquetFile(path))
+                    opened = (path, store.parquet_file(path))
                 parquet = opened[1]
                 start = offset
                 for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[group], columns=list(columns)):
@@ -312,10 +312,10 @@ class EngineRun:
 
     def _load(self, step: str, chash: str, status: np.ndarray) -> None:
         """The latest stored verdict of each sample, where it was made with these settings."""
-        shards = visible_shards(self.store.verdict_dir(step))
+        shards = self.store.verdict_shards(step)
         if not shards:
             return
-        table = pa.concat_tables([pq.read_table(s, columns=["sample_id", "passed", "code", "config_hash"]) for s in shards])
+        table = pa.concat_tables([self.store.read_table(s, ["sample_id", "passed", "code", "config_hash"]) for s in shards])
         table = table.append_column("row", pa.array(np.arange(table.num_rows)))
         latest = table.group_by("sample_id", use_threads=False).aggregate([("row", "max")]).column("row_max")
         table = table.take(latest)

@@ -36,7 +36,6 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from factory.engine import (
     CHUNK,
@@ -51,7 +50,7 @@ from factory.engine import (
 from factory.errors import FactoryError, RecipeError
 from factory.recipe import GenerateRecipe, SelectionConfig, load_recipe
 from factory.steps import STEPS, FilterStep, StepVerdict
-from factory.store import RunStore, open_run, utc_now, write_json_atomically
+from factory.store import RunStore, open_run, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +161,7 @@ def _executor(name: str, workers: int | None, store: RunStore) -> Executor:
     if name == "ray":
         from factory.ray_executor import RayExecutor
 
-        return RayExecutor(workers)
+        return RayExecutor(workers, filesystem=store.filesystem)
     if name != "local":
         raise FactoryError(f"--executor {name}: expected local or ray")
     return LocalExecutor(workers)
@@ -187,7 +186,7 @@ def _run(store: RunStore, steps: list[FilterStep], config: _FilterConfig, execut
     report.executor, report.workers = executor_name, executor.workers
     data = asdict(report)
     data["written_at"] = utc_now().isoformat()
-    write_json_atomically(data, store.root / "filter_report.json")
+    store.write_json("filter_report.json", data)
     return report
 
 
@@ -197,9 +196,9 @@ def _batch_sizes(store: RunStore, memory_gb: float, workers: int) -> tuple[int, 
     In flight: 2 chunks per worker queued, one being assembled, each held about 4 times over
     (Arrow buffers, pickled copy, Python strings in the worker, verdicts)."""
     shards = store.sample_shards()
-    rows = sum(pq.ParquetFile(s).metadata.num_rows for s in shards[:8]) or 1
-    size = sum(pq.ParquetFile(s).metadata.row_group(g).total_byte_size
-               for s in shards[:8] for g in range(pq.ParquetFile(s).num_row_groups))
+    footers = [store.parquet_file(s).metadata for s in shards[:8]]
+    rows = sum(meta.num_rows for meta in footers) or 1
+    size = sum(meta.row_group(g).total_byte_size for meta in footers for g in range(meta.num_row_groups))
     per_row = max(size / rows, 1.0)
     budget = memory_gb * 2**30 / 4  # a quarter for text in flight; the rest for the index, state, workers
     chunk = int(max(64, min(CHUNK, budget / (per_row * 4 * (2 * workers + 2)))))

@@ -46,8 +46,9 @@ def _ray() -> Any:
 class RayExecutor:
     """Runs chunks as Ray tasks and steps as Ray Data pipelines; `workers` CPUs when it starts the cluster."""
 
-    def __init__(self, workers: int | None = None) -> None:
+    def __init__(self, workers: int | None = None, filesystem: Any = None) -> None:
         ray = _ray()
+        self.filesystem = filesystem  # the store's (e.g. S3) filesystem, which the shard paths are on; None: local
         self._started = False
         if not ray.is_initialized():
             address = os.environ.get("RAY_ADDRESS")
@@ -86,7 +87,7 @@ class RayExecutor:
         ray = _ray()
         columns = list(dict.fromkeys(["sample_id", *step.input_columns()]))
         cls, params_json = step_args(step)
-        dataset = ray.data.read_parquet(paths).select_columns(columns).map_batches(
+        dataset = ray.data.read_parquet(paths, filesystem=self.filesystem).select_columns(columns).map_batches(
             _filter_batch, batch_format="pyarrow", fn_kwargs={"cls": cls, "params_json": params_json,
                                                                "todo": ray.put(todo_ids)},
             concurrency=self.workers)
@@ -103,7 +104,7 @@ class RayExecutor:
         cls, params_json = step_args(step)
         columns = list(dict.fromkeys(["sample_id", *step.input_columns()]))
         n = len(candidate_ids)
-        sketches = ray.data.read_parquet(paths).select_columns(columns).map_batches(
+        sketches = ray.data.read_parquet(paths, filesystem=self.filesystem).select_columns(columns).map_batches(
             _sketch_batch, batch_format="pyarrow",
             fn_kwargs={"cls": cls, "params_json": params_json, "candidates": ray.put(candidate_ids)},
             concurrency=self.workers).materialize()
