@@ -93,13 +93,14 @@ def run_generate(
     rhash = recipe_hash(recipe)
     with contextlib.ExitStack() as held:
         # One writer per run: a second `generate` (or `filter`, or an import) on it fails at once.
-        held.enter_context(RunStore.for_dataset(recipe.output.dataset).lock("generate"))
+        locked = RunStore.for_dataset(recipe.output.dataset)
+        held.enter_context(locked.lock("generate"))
         if recipe.teacher.backend == "replay":
             from factory.teachers.replay import import_traces
 
             # Imports stage their shards and publish them at the end: a failed one leaves no run behind.
             return import_traces(recipe, recipe_file, rhash, overrides or [], new_run=new_run, force=force,
-                                 progress=progress, held=held)
+                                 progress=progress, held=held, locked=locked)
         # Everything that can fail on bad input runs before the run directory is touched.
         check_template(recipe.template)
         prompts = load_prompts(recipe.sources, recipe_file)
@@ -107,7 +108,8 @@ def run_generate(
         teacher = teacher or _build_teacher(recipe, recipe_file, executor)
         try:
             teacher.check()
-            store, resumed = _open_store(recipe, rhash, recipe_file, overrides or [], new_run=new_run, force=force, held=held)
+            store, resumed = _open_store(recipe, rhash, recipe_file, overrides or [], new_run=new_run, force=force, held=held,
+                                         locked=locked)
             engine = _Engine(recipe, rhash, store, prompts, progress=progress)
             report = engine.run(teacher)
         finally:
@@ -130,10 +132,10 @@ def _build_teacher(recipe: GenerateRecipe, recipe_file: Path, executor: str) -> 
 # ---------------------------------------------------------------- run directory
 def _open_store(
     recipe: GenerateRecipe, rhash: str, recipe_file: Path, overrides: list[str], *, new_run: bool, force: bool,
-    held: contextlib.ExitStack,
+    held: contextlib.ExitStack, locked: RunStore | None = None,
 ) -> tuple[RunStore, bool]:
     """The run to write into (the recipe's dataset, or with --new-run the next free name, locked into `held` too)."""
-    store, mode = target_store(recipe, rhash, new_run=new_run, force=force, held=held)
+    store, mode = target_store(recipe, rhash, new_run=new_run, force=force, held=held, locked=locked)
     if mode == "new":
         store.prepare()
         store.write_manifest(new_manifest(recipe, rhash, recipe_file, overrides, store.name))
@@ -145,10 +147,11 @@ def _open_store(
 
 
 def target_store(recipe: GenerateRecipe, rhash: str, *, new_run: bool, force: bool,
-                 held: contextlib.ExitStack) -> tuple[RunStore, str]:
+                 held: contextlib.ExitStack, locked: RunStore | None = None) -> tuple[RunStore, str]:
     """The run a recipe writes into and how: "new", "resume" (same samples) or "force". Writes nothing
-    but the lock of a --new-run run, taken into `held`."""
-    store = RunStore.for_dataset(recipe.output.dataset)
+    but the lock of a --new-run run, taken into `held`. `locked`: the recipe's run, whose lock the caller holds
+    (the same object, so that an object store's writes can check its lease)."""
+    store = locked or RunStore.for_dataset(recipe.output.dataset)
     if store.exists():
         manifest = store.read_manifest()
         if manifest.get("recipe_hash") == rhash:

@@ -48,7 +48,7 @@ STAGING_PREFIX = ".import-"
 
 
 def import_traces(recipe: GenerateRecipe, recipe_file: Path, rhash: str, overrides: list[str], *, held: contextlib.ExitStack,
-                  new_run: bool = False, force: bool = False, progress: bool = True):
+                  new_run: bool = False, force: bool = False, progress: bool = True, locked: RunStore | None = None):
     """Read the traces a replay recipe names and publish the ones not yet in the run.
 
     The caller holds the run's writer lock; a --new-run run's lock is taken into `held`.
@@ -58,7 +58,7 @@ def import_traces(recipe: GenerateRecipe, recipe_file: Path, rhash: str, overrid
     options = recipe.teacher.replay
     assert options is not None
     path = resolve_data_path(options.path, recipe_file)
-    store, mode = target_store(recipe, rhash, new_run=new_run, force=force, held=held)
+    store, mode = target_store(recipe, rhash, new_run=new_run, force=force, held=held, locked=locked)
     existing = store.sample_ids() if mode != "new" else set()
     started = time.monotonic()
     if store.filesystem is not None:  # an object store: uncommitted shards in the run, one commit at the end
