@@ -97,8 +97,8 @@ class ObjectRunStore(RunStore):
         return self.uri
 
     def sibling(self, name: str) -> "ObjectRunStore":
-        base, _, _ = self.uri.rpartition("/")
-        return ObjectRunStore(self.root.parent / name, self.filesystem, _with_query(f"{_strip_query(base)}/{name}", self.uri))  # type: ignore[arg-type]
+        parent = _with_query(_strip_query(self.uri).rpartition("/")[0], self.uri)
+        return ObjectRunStore(self.root.parent / name, self.filesystem, join_uri(parent, name))  # type: ignore[arg-type]
 
     def prepare(self) -> None:
         with contextlib.suppress(OSError, NotImplementedError):
@@ -267,10 +267,15 @@ def list_object_runs(base: str) -> list[RunStore]:
     runs = []
     for info in sorted(entries, key=lambda i: i.base_name):
         if info.type == pafs.FileType.Directory and not info.base_name.startswith("."):
-            store = ObjectRunStore(PurePosixPath(info.path), fs, _with_query(f"{_strip_query(base)}/{info.base_name}", base))  # type: ignore[arg-type]
+            store = ObjectRunStore(PurePosixPath(info.path), fs, join_uri(base, info.base_name))  # type: ignore[arg-type]
             if store.exists():
                 runs.append(store)
     return runs
+
+
+def join_uri(base: str, name: str) -> str:
+    """`base`/`name`, keeping base's query (s3://b/runs?endpoint_override=… + x → s3://b/runs/x?endpoint_override=…)."""
+    return _with_query(f"{_strip_query(base)}/{name}", base)
 
 
 def _strip_query(uri: str) -> str:

@@ -185,9 +185,9 @@ class RunStore:
     def for_dataset(cls, dataset: str, base: Path | str | None = None) -> "RunStore":
         base = base if base is not None else runs_location()
         if is_uri(base):
-            from factory.object_store import ObjectRunStore
+            from factory.object_store import ObjectRunStore, join_uri
 
-            return ObjectRunStore.at(f"{str(base).rstrip('/')}/{dataset}")
+            return ObjectRunStore.at(join_uri(str(base), dataset))
         return cls(Path(base) / dataset)
 
     @property

@@ -224,3 +224,32 @@ def test_a_writer_whose_lease_was_taken_stops_at_its_next_write(imported: tuple[
         with pytest.raises(StoreError, match="lost its lock"):
             store.append_verdicts("toy", [{"sample_id": "b", "step": "toy", "passed": True}])
     assert [r["sample_id"] for r in store.read_verdicts("toy").to_pylist()] == ["a"]
+
+
+@pytest.mark.parametrize("kind", ["s3-endpoint-in-uri", "fsspec-memory"])
+def test_other_store_uris_generate_filter_and_query(kind: str, s3_store: str, s3_endpoint: str, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """An S3 endpoint given in the URI (not the environment), and an fsspec-only filesystem (memory://)."""
+    from factory.filter import run_filter
+    from factory.generate import run_generate
+    from factory.object_store import ObjectRunStore
+    from factory.sql import run_sql
+
+    if kind == "s3-endpoint-in-uri":
+        monkeypatch.delenv("AWS_ENDPOINT_URL")
+        base = f"{s3_store}?endpoint_override={s3_endpoint.split('://')[1]}&scheme=http"
+    else:
+        base = f"memory://factory-{uuid.uuid4().hex[:8]}/runs"
+    monkeypatch.setenv("FACTORY_STORE", base)
+    write_traces(tmp_path, 120)
+    report = run_generate(str(replay_recipe(tmp_path)), progress=False)
+    assert report.generated == 120 and report.run_dir.startswith(base.split("?")[0])
+    filtered = run_filter("replayed", progress=False, workers=1)
+    assert filtered.generated == 120 and filtered.selected > 0
+    store = ObjectRunStore.at(report.run_dir)
+    assert store.read_json("filter_report.json")["selected"] == filtered.selected
+    counts = run_sql("SELECT count(*) FROM samples").rows, run_sql("SELECT count(*) FROM verdicts WHERE step = 'selection' AND passed").rows
+    assert counts == ([(120,)], [(filtered.selected,)])
+    if kind == "s3-endpoint-in-uri":  # the lease went to the same server, through boto3's conditional put
+        with store.lock("filter"):
+            assert type(store._lease.backend).__name__ == "_S3Conditional"
