@@ -328,7 +328,7 @@ class _Lease:
                 if not self.backend.renew(self.path, self._body()):
                     self.lost = "its lease was replaced"
                     return
-            except OSError as exc:  # a network blip: try again at the next period, while the lease still runs
+            except (OSError, StoreError) as exc:  # a network blip: try again at the next period, while the lease runs
                 log.warning("run '%s': could not renew the lease (%s)", self.store.name, exc)
 
     def release(self) -> None:
@@ -420,14 +420,18 @@ class _S3Conditional:
         return path.split("/", 1)[1]
 
     def _put(self, path: str, body: bytes, **condition: str) -> bool:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             response = self.client.put_object(Bucket=self.bucket, Key=self._key(path), Body=body, **condition)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
                 return False
-            raise OSError(f"s3://{self.bucket}/{self._key(path)}: {exc}") from None
+            raise StoreError(f"s3://{self.bucket}/{self._key(path)}: cannot write the run's lease ({exc}); check the "
+                             "--store URI (bucket), its credentials and endpoint") from None
+        except BotoCoreError as exc:
+            raise StoreError(f"s3://{self.bucket}/{self._key(path)}: cannot write the run's lease ({exc}); check the "
+                             "--store URI, its credentials and endpoint (AWS_ENDPOINT_URL)") from None
         self.etag = response["ETag"]
         return True
 

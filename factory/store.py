@@ -465,8 +465,18 @@ def list_runs(base: Path | str | None = None) -> list[RunStore]:
     return [RunStore(p) for p in sorted(base.iterdir()) if not p.name.startswith(".") and (p / "manifest.json").exists()]
 
 
-def open_run(name: str | None, base: Path | str | None = None) -> RunStore:
-    """The run a command names (a name, a path or a URI), or the only/most recent one when none is named."""
+def open_run(name: str | None, base: Path | str | None = None, *, local_only: str | None = None) -> RunStore:
+    """The run a command names (a name, a path or a URI), or the only/most recent one when none is named.
+
+    `local_only`: the command (card, export, view), which reads runs on local disk only."""
+    store = _open_run(name, base)
+    if local_only and store.filesystem is not None:
+        raise StoreError(f"factory {local_only}: reads runs on local disk only, and run '{store.name}' is at "
+                         f"{store.location}; copy it to a local --store first")
+    return store
+
+
+def _open_run(name: str | None, base: Path | str | None) -> RunStore:
     base = base if base is not None else runs_location()
     if name:
         if is_uri(name):

@@ -118,6 +118,8 @@ def test_import_filter_and_sql_on_s3_equal_the_same_run_on_disk(imported: tuple[
     # The connection itself still reaches no file or URL outside what it was given.
     denied = run_cli("sql", f"SELECT * FROM read_parquet('{tmp_path / 'traces.jsonl'}')", home=home, check=False)
     assert denied.returncode == 2 and "error" in denied.stderr
+    card = run_cli("card", "--run", "replayed", home=home, check=False)  # not built for object stores: one line
+    assert card.returncode == 2 and "reads runs on local disk only" in card.stderr and "Traceback" not in card.stderr
 
 
 def test_ray_executor_on_s3_gives_the_local_executors_verdicts(imported: tuple[str, Path]) -> None:
@@ -253,3 +255,15 @@ def test_other_store_uris_generate_filter_and_query(kind: str, s3_store: str, s3
     if kind == "s3-endpoint-in-uri":  # the lease went to the same server, through boto3's conditional put
         with store.lock("filter"):
             assert type(store._lease.backend).__name__ == "_S3Conditional"
+
+
+def test_an_unreachable_store_is_one_line(s3_store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as unused:  # a port nobody listens on
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    home = Path(os.environ["FACTORY_HOME"])
+    for args in (["filter", "--run", "replayed"], ["sql", "SELECT count(*) FROM samples"]):
+        proc = run_cli(*args, home=home, check=False, timeout=120)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert "check the --store URI" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
