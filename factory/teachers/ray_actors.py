@@ -99,7 +99,7 @@ class RayTeacher(Teacher):
         config_json = self.config.model_dump_json()
         recipe_file = str(self.recipe_file) if self.recipe_file else None
         self.actors = [actor.remote(config_json, recipe_file) for _ in range(count)]
-        log.info("teacher %s on ray: %d actor(s), %s", self.model, count, f"one per GPU" if self.gpus else "on CPU")
+        log.info("teacher %s on ray: %d actor(s), %s", self.model, count, "one per GPU" if self.gpus else "on CPU")
         errors = [e for e in ray.get([a.check.remote() for a in self.actors]) if e]
         if errors:
             self.close()
