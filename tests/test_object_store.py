@@ -267,3 +267,17 @@ def test_an_unreachable_store_is_one_line(s3_store: str, monkeypatch: pytest.Mon
         proc = run_cli(*args, home=home, check=False, timeout=120)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert "check the --store URI" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_where_the_runs_are(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from factory.object_store import join_uri
+    from factory.paths import factory_home, runs_dir, runs_location
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FACTORY_STORE", raising=False)
+    monkeypatch.setenv("FACTORY_HOME", "s3://bucket/factory/")
+    assert runs_location() == "s3://bucket/factory/runs"
+    assert factory_home() == tmp_path / ".factory" and runs_dir() == tmp_path / ".factory" / "runs"  # models stay local
+    monkeypatch.setenv("FACTORY_STORE", "file://" + str(tmp_path / "runs-here"))
+    assert runs_location() == tmp_path / "runs-here" == runs_dir()  # file:// is a local path (flock, renames)
+    assert join_uri("s3://b/runs?endpoint_override=h:9000&scheme=http", "x") == "s3://b/runs/x?endpoint_override=h:9000&scheme=http"
