@@ -85,6 +85,7 @@ class ObjectRunStore(RunStore):
     filesystem: Any = None
     uri: str = ""
     _lease: "_Lease | None" = field(default=None, repr=False, compare=False)
+    _sequences: dict[str, int] = field(default_factory=dict, repr=False, compare=False)  # next number per directory
 
     @classmethod
     def at(cls, uri: str) -> "ObjectRunStore":
@@ -182,15 +183,20 @@ class ObjectRunStore(RunStore):
         return self.committed(self.verdict_dir(step))
 
     def next_sequence(self, directory: PurePosixPath) -> int:  # type: ignore[override]
-        # Uncommitted shards count too: a new shard never reuses a name a killed writer left.
-        numbers = [int(i.base_name.split("-")[1]) for i in self._list(directory)
-                   if i.base_name.startswith("part-") and i.base_name.endswith(".parquet")]
-        return max(numbers, default=0) + 1
+        # Uncommitted shards count too: a new shard never reuses a number a killed writer left. Listed once per
+        # directory: this writer holds the run's lock, so it is the only one adding shards (a listing per chunk
+        # would make a long filter quadratic in LIST requests).
+        if str(directory) not in self._sequences:
+            numbers = [int(i.base_name.split("-")[1]) for i in self._list(directory)
+                       if i.base_name.startswith("part-") and i.base_name.endswith(".parquet")]
+            self._sequences[str(directory)] = max(numbers, default=0) + 1
+        return self._sequences[str(directory)]
 
     def write_shard(self, directory: PurePosixPath, table: pa.Table) -> str:
         """Write one shard under its final name, not yet committed; returns its name."""
         self._check_lease()
         name = _shard_name(self.next_sequence(directory))
+        self._sequences[str(directory)] += 1
         with self.filesystem.open_output_stream(str(directory / name)) as handle:
             pq.write_table(table, handle, compression="zstd")
         return name
@@ -246,6 +252,7 @@ class ObjectRunStore(RunStore):
         lease = _Lease(self, command)
         lease.acquire()
         self._lease = lease
+        self._sequences.clear()  # numbers seen before the lock may be stale
         try:
             yield
         finally:
