@@ -57,3 +57,34 @@ def test_executor_ray_refuses_an_openai_teacher_with_one_line(factory_home: Path
     recipe = str(make_recipe(tmp_path, prompts=1, n=1))
     bad = run_cli("generate", "--recipe", recipe, "--executor", "slurm", home=factory_home, check=False)
     assert bad.returncode == 2 and "--executor slurm: expected local or ray" in bad.stderr
+
+
+def test_one_actor_per_gpu_each_on_its_own_gpu(tiny_models_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                               tmp_path: Path) -> None:
+    """A cluster that declares 2 GPUs gets 2 teacher actors (num_gpus=1 each), whatever `workers` says; here the
+    GPUs are Ray resources only, so the teachers run on CPU and must agree with the local teacher."""
+    import ray
+
+    from factory.recipe import TeacherConfig
+    from factory.teachers import GenerationRequest, build_teacher
+    from factory.teachers.ray_actors import RayTeacher
+
+    monkeypatch.setenv("FACTORY_HOME", str(tiny_models_dir.parent))
+    config = TeacherConfig(role="r1_zero", model="tiny-r1", transformers={"batch_size": 2, "device": "cpu"})
+    requests = [GenerationRequest(key=f"k{i}", group=f"g{i // 2}", messages=[{"role": "user", "content": f"{i} + {i} = ?"}],
+                                  temperature=0.7, top_p=0.95, max_new_tokens=12, seed=100 + i) for i in range(6)]
+    local = build_teacher(config)
+    expected = [(c.key, c.text) for c in local.generate(requests)]
+    local.close()
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        teacher = RayTeacher(config, workers=5)
+        teacher.check()
+        assert len(teacher.actors) == 2 and teacher.stats.extra["ray_gpus"] == 2
+        gpus = sorted(str(g) for a in teacher.actors for g in ray.get(a.gpu_ids.remote()))
+        assert gpus == ["0", "1"]
+        assert [(c.key, c.text) for c in teacher.generate(requests)] == expected
+        assert teacher.stats.completed == 6 and teacher.stats.completion_tokens > 0
+        teacher.close()
+    finally:
+        ray.shutdown()

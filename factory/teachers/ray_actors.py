@@ -62,6 +62,12 @@ class _TeacherActor:
     def generate(self, batch: list[GenerationRequest]) -> list[Completion]:
         return self.teacher.generate(batch)
 
+    def gpu_ids(self) -> list[Any]:
+        """The GPUs Ray gave this actor (it sets CUDA_VISIBLE_DEVICES to them, so the teacher's cuda is this one)."""
+        import ray
+
+        return list(ray.get_gpu_ids())
+
     def close(self) -> None:
         self.teacher.close()
 
