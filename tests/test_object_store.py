@@ -281,3 +281,24 @@ def test_where_the_runs_are(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     monkeypatch.setenv("FACTORY_STORE", "file://" + str(tmp_path / "runs-here"))
     assert runs_location() == tmp_path / "runs-here" == runs_dir()  # file:// is a local path (flock, renames)
     assert join_uri("s3://b/runs?endpoint_override=h:9000&scheme=http", "x") == "s3://b/runs/x?endpoint_override=h:9000&scheme=http"
+
+
+def test_the_tiny_teacher_generates_into_s3_exactly_once(s3_store: str, tiny_models_dir: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from factory.generate import run_generate
+    from factory.object_store import ObjectRunStore
+    from tests.test_generate import make_recipe, planned_ids
+
+    home = Path(os.environ["FACTORY_HOME"])
+    (home / "models").symlink_to(tiny_models_dir, target_is_directory=True)
+    recipe = make_recipe(tmp_path, prompts=4, n=2, tokens=16, batch=4, flush=2)
+    first = run_generate(str(recipe), progress=False)
+    store = ObjectRunStore.at(f"{s3_store}/tiny_gen")
+    shards = store.sample_shards()
+    assert first.generated == 8 and first.shards_written == len(shards) >= 2  # flushed every 2 samples or second
+    assert sorted(store.read_column("sample_id")) == sorted(planned_ids(recipe, 4, 2))
+    again = run_generate(str(recipe), progress=False)  # resumed: everything is there
+    assert again.generated == 0 and again.already_present == 8 and again.resumed
+    manifest = store.read_manifest()
+    assert manifest["counts"]["unique_sample_ids"] == 8 and len(manifest["sessions"]) == 2
+    assert manifest["shards"] == [Path(p).name for p in shards] == [Path(p).name for p in store.sample_shards()]
