@@ -176,6 +176,14 @@ def test_a_failed_import_leaves_no_run_and_uncommitted_shards_are_not_read(s3_st
     assert len(store.sample_ids()) == 200 and "ghost" not in store.sample_ids()
     again = run_cli("generate", "--recipe", recipe, home=home)  # exactly once: nothing new
     assert len(store.read_column("sample_id")) == 200 and again.returncode == 0
+    changed = Path(recipe)
+    changed.write_text(changed.read_text().replace("model: some-r1", "model: other-r1"))
+    refused = run_cli("generate", "--recipe", recipe, home=home, check=False)
+    assert refused.returncode == 2 and f"({s3_store}/replayed) was made by a different recipe" in refused.stderr
+    run_cli("generate", "--recipe", recipe, "--new-run", "--quiet", home=home)  # beside it, on S3 too
+    beside = ObjectRunStore.at(f"{s3_store}/replayed-2")
+    assert beside.read_manifest()["teacher"]["model"] == "other-r1" and len(beside.sample_ids()) == 200
+    assert len(store.sample_ids()) == 200
 
 
 def test_the_lease_refuses_a_live_writer_and_takes_over_a_lapsed_one(imported: tuple[str, Path]) -> None:
