@@ -78,8 +78,12 @@ def local_verdicts(run_dir: Path) -> dict[tuple[str, str], tuple[bool | None, st
 
 @pytest.fixture
 def imported(s3_store: str, tmp_path: Path) -> tuple[str, Path]:
+    return import_both(s3_store, tmp_path, TRACES)
+
+
+def import_both(s3_store: str, tmp_path: Path, traces: int) -> tuple[str, Path]:
     """The same traces imported into the S3 store and into a local one (`--store DIR`)."""
-    write_traces(tmp_path, TRACES)
+    write_traces(tmp_path, traces)
     recipe = str(replay_recipe(tmp_path))
     home = Path(os.environ["FACTORY_HOME"])
     run_cli("generate", "--recipe", recipe, "--quiet", home=home)
@@ -141,16 +145,17 @@ def test_ray_executor_on_s3_gives_the_local_executors_verdicts(imported: tuple[s
     assert max(Counter(s3_verdict_rows(s3_run)).values()) == 1
 
 
-def test_filter_on_s3_killed_at_random_points_resumes_to_the_same_verdicts(imported: tuple[str, Path]) -> None:
+def test_filter_on_s3_killed_at_random_points_resumes_to_the_same_verdicts(s3_store: str, tmp_path: Path) -> None:
     from tests.test_generate import kill_at_random_points
 
-    s3_run, local_run = imported
+    s3_run, local_run = import_both(s3_store, tmp_path, 6_000)
     home = Path(os.environ["FACTORY_HOME"])
     run_cli("--store", str(local_run.parent), "filter", "--run", "replayed", "--quiet", "--workers", "2", home=home)
     args = ["filter", "--run", "replayed", "--quiet", "--workers", "2"]
+    at_kills: list[int] = []
     kills = kill_at_random_points(args, home=home, progress=lambda: len(s3_verdict_rows(s3_run)),
-                                  rng=random.Random(7), max_delay_s=1.5, attempts=2)
-    assert kills >= 1 and len(s3_verdict_rows(s3_run)) < len(local_verdicts(local_run))
+                                  rng=random.Random(7), max_delay_s=1.0, attempts=3, progress_at_kills=at_kills)
+    assert kills >= 1 and min(at_kills) < len(local_verdicts(local_run))  # a kill really stopped it short
     run_cli(*args, home=home)  # the killed writer's lease (a dead pid on this host) is taken over at once
     assert max(Counter(s3_verdict_rows(s3_run)).values()) == 1  # nothing decided twice
     assert s3_verdicts(s3_run) == local_verdicts(local_run)
