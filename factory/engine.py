@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 from factory.progress import RateProgress
 from factory.steps import FilterStep, StateBudget, StepVerdict
-from factory.store import RunStore, utc_now, visible_shards
+from factory.store import RunStore, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -186,11 +186,11 @@ def plan_memory(memory_gb: float, workers: int, samples: int, own_rss: int, *, f
     return MemoryPlan(budget, use, state, max(spare, budget // 16))
 
 
-def column_bytes(shards: Sequence[Any], columns: Sequence[str], sample: int = 8) -> float:
-    """Uncompressed bytes per row of `columns`, from the Parquet metadata of the first shards."""
+def column_bytes(store: RunStore, columns: Sequence[str], sample: int = 8) -> float:
+    """Uncompressed bytes per row of `columns`, from the Parquet metadata of the run's first shards."""
     rows, size = 0, 0
-    for shard in list(shards)[:sample]:
-        meta = pq.ParquetFile(shard).metadata
+    for shard in store.sample_shards()[:sample]:
+        meta = store.parquet_file(shard).metadata
         rows += meta.num_rows
         for g in range(meta.num_row_groups):
             group = meta.row_group(g)
@@ -226,7 +226,7 @@ class RunIndex:
         ids, prompts, tasks, tokens, lengths = [], [], [], [], []
         groups: list[tuple[str, int, int]] = []
         for shard in store.sample_shards():
-            parquet = pq.ParquetFile(shard)
+            parquet = store.parquet_file(shard)
             for g in range(parquet.num_row_groups):
                 groups.append((str(shard), g, parquet.metadata.row_group(g).num_rows))
             for batch in parquet.iter_batches(batch_size=batch_rows, columns=[*INDEX_COLUMNS, "text"]):
@@ -263,7 +263,7 @@ class RunIndex:
             wanted = mask[offset:offset + rows]
             if wanted.any():
                 if opened is None or opened[0] != path:
-                    opened = (path, pq.ParquetFile(path))
+                    opened = (path, store.parquet_file(path))
                 parquet = opened[1]
                 start = offset
                 for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[group], columns=list(columns)):
@@ -393,10 +393,10 @@ class EngineRun:
 
     def _load(self, step: str, chash: str, status: np.ndarray) -> None:
         """The latest stored verdict of each sample, where it was made with these settings."""
-        shards = visible_shards(self.store.verdict_dir(step))
+        shards = self.store.verdict_shards(step)
         if not shards:
             return
-        table = pa.concat_tables([pq.read_table(s, columns=["sample_id", "passed", "code", "config_hash"]) for s in shards])
+        table = pa.concat_tables([self.store.read_table(s, ["sample_id", "passed", "code", "config_hash"]) for s in shards])
         table = table.append_column("row", pa.array(np.arange(table.num_rows)))
         latest = table.group_by("sample_id", use_threads=False).aggregate([("row", "max")]).column("row_max")
         table = table.take(latest)
@@ -473,13 +473,13 @@ class EngineRun:
         if self.plan is None:
             return self.chunk_rows
         columns = list(dict.fromkeys(["sample_id", *step.input_columns()]))
-        return self.plan.chunk_rows(column_bytes(self.store.sample_shards(), columns), step.work_factor)
+        return self.plan.chunk_rows(column_bytes(self.store, columns), step.work_factor)
 
     def spill_dir(self, step: FilterStep) -> Path:
         """A scratch folder in the run for a whole-run step's spilled state (left over by a killed run: cleared).
 
         A run on a remote filesystem spills to local temporary storage: spilled state is read back at random."""
-        root = str(self.store.root)
+        root = self.store.location
         base = Path(tempfile.gettempdir()) / f"factory-spill-{self.store.name}" if "://" in root else Path(root) / ".spill"
         directory = base / step.name
         shutil.rmtree(directory, ignore_errors=True)

@@ -37,7 +37,6 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from pydantic import ValidationError
 
 from factory.engine import (
@@ -57,7 +56,7 @@ from factory.engine import (
 from factory.errors import FactoryError, RecipeError
 from factory.recipe import GenerateRecipe, SelectionConfig, load_recipe
 from factory.steps import STEPS, FilterStep, StepVerdict
-from factory.store import RunStore, open_run, utc_now, write_json_atomically
+from factory.store import RunStore, open_run, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +196,7 @@ def _executor(name: str, workers: int | None, store: RunStore) -> Executor:
     if name == "ray":
         from factory.ray_executor import RayExecutor
 
-        return RayExecutor(workers)
+        return RayExecutor(workers, filesystem=store.filesystem)
     if name != "local":
         raise FactoryError(f"--executor {name}: expected local or ray")
     return LocalExecutor(workers)
@@ -229,20 +228,20 @@ def _run(store: RunStore, steps: list[FilterStep], plan: MemoryPlan, executor: E
                                  seconds=round(time.perf_counter() - started, 3))
     data = asdict(report)
     data["written_at"] = utc_now().isoformat()
-    write_json_atomically(data, store.root / "filter_report.json")
+    store.write_json("filter_report.json", data)
     return report
 
 
 def memory_plan(store: RunStore, memory_gb: float, workers: int, *, fixed_workers: bool = False) -> MemoryPlan:
     """`memory_gb` shared out for this run (see engine.MemoryPlan for what it bounds)."""
     shards = store.sample_shards()
-    samples = sum(pq.read_metadata(s).num_rows for s in shards)
+    samples = sum(store.parquet_file(s).metadata.num_rows for s in shards)
     return plan_memory(memory_gb, workers, samples, process_rss(), fixed_workers=fixed_workers)
 
 
 def _batch_sizes(plan: MemoryPlan, store: RunStore) -> tuple[int, int]:
     """Rows per read batch and per chunk of the whole sample (the index build, verdict shards)."""
-    chunk = plan.chunk_rows(column_bytes(store.sample_shards(), ["sample_id", "text"]))
+    chunk = plan.chunk_rows(column_bytes(store, ["sample_id", "text"]))
     return min(512, chunk), chunk
 
 

@@ -46,8 +46,9 @@ def _ray() -> Any:
 class RayExecutor:
     """Runs chunks as Ray tasks and steps as Ray Data pipelines; `workers` CPUs when it starts the cluster."""
 
-    def __init__(self, workers: int | None = None) -> None:
+    def __init__(self, workers: int | None = None, filesystem: Any = None) -> None:
         ray = _ray()
+        self.filesystem = filesystem  # the store's (e.g. S3) filesystem, which the shard paths are on; None: local
         self._started = False
         if not ray.is_initialized():
             address = os.environ.get("RAY_ADDRESS")
@@ -86,7 +87,7 @@ class RayExecutor:
         ray = _ray()
         columns = list(dict.fromkeys(["sample_id", *step.input_columns()]))
         cls, params_json = step_args(step)
-        dataset = ray.data.read_parquet(paths).select_columns(columns).map_batches(
+        dataset = ray.data.read_parquet(paths, filesystem=self.filesystem).select_columns(columns).map_batches(
             _filter_batch, batch_format="pyarrow", fn_kwargs={"cls": cls, "params_json": params_json,
                                                                "todo": ray.put(todo_ids)},
             concurrency=self.workers)
@@ -110,7 +111,7 @@ class RayExecutor:
         ranks: list[tuple[int, str]] = []
         datasets = []
         for run, shards, accepted in step.reference_runs():
-            datasets.append(self._sketches(shards, columns, cls, params_json, accepted, len(names)))
+            datasets.append(self._sketches(shards, columns, cls, params_json, accepted, len(names), local=True))
             ref_ids = accepted.to_pylist()
             names.extend(f"{run}:{sid}" for sid in ref_ids)
             ranks.extend((0, sid) for sid in ref_ids)
@@ -148,10 +149,12 @@ class RayExecutor:
         return _dedup_verdicts(union.roots(), rep, names, ranks, n_ref, sketches)
 
     def _sketches(self, paths: list[str], columns: list[str], cls: type[FilterStep], params_json: str,
-                  wanted: pa.Array, offset: int) -> Any:
-        """Sketch rows (pos = offset + index in `wanted`, exact key, shingles, signature) of the `wanted` samples."""
+                  wanted: pa.Array, offset: int, *, local: bool = False) -> Any:
+        """Sketch rows (pos = offset + index in `wanted`, exact key, shingles, signature) of the `wanted` samples.
+
+        `local`: the shards are local files (`against_runs` reads local runs), whatever the run's own store is."""
         ray = _ray()
-        return ray.data.read_parquet(paths).select_columns(columns).map_batches(
+        return ray.data.read_parquet(paths, filesystem=None if local else self.filesystem).select_columns(columns).map_batches(
             _sketch_batch, batch_format="pyarrow",
             fn_kwargs={"cls": cls, "params_json": params_json, "candidates": ray.put(wanted), "offset": offset},
             concurrency=self.workers)
