@@ -108,7 +108,13 @@ def _print_error(exc: FactoryError) -> None:
 def main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+    store: Annotated[str | None, typer.Option("--store", help="Where the runs are: a directory or a URI such as "
+                                              "s3://bucket/prefix (default: $FACTORY_STORE, else $FACTORY_HOME/runs).")] = None,
 ) -> None:
+    if store:
+        import os
+
+        os.environ["FACTORY_STORE"] = store  # read by factory.paths.runs_location, in this process and its workers
     quiet_dependencies()
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -128,6 +134,7 @@ def generate(
     overrides: Annotated[list[str] | None, typer.Argument(help="Dotted overrides, e.g. sampling.n=8 sources.0.limit=50.")] = None,
     new_run: Annotated[bool, typer.Option("--new-run", help="Recipe changed: start a new run beside the old one.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Recipe changed: append to the old run anyway.")] = False,
+    executor: Annotated[str | None, typer.Option("--executor", help="local (default) or ray: the teacher as one Ray actor per GPU (or per worker on CPU).")] = None,
     quiet: Quiet = False,
 ) -> None:
     """Generate samples with a recipe's teacher; resumes exactly where a killed run stopped.
@@ -137,7 +144,8 @@ def generate(
     _apply_quiet(quiet)
     from factory.generate import run_generate
 
-    report = run_generate(recipe, overrides, new_run=new_run, force=force, progress=not quiet)
+    report = run_generate(recipe, overrides, new_run=new_run, force=force, progress=not quiet,
+                          executor=executor)  # type: ignore[arg-type]
     table = _kv_table(f"generate → run '{report.run}'", {
         "prompts": report.prompts,
         "samples planned": report.planned,

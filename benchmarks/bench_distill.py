@@ -35,9 +35,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("FACTORY_HOME", str(REPO / ".factory"))
 
-from factory.distill import _checkpointing_flag, demo_sft_rows, run_distill  # noqa: E402
-from factory.models import resolve_model  # noqa: E402
-from factory.recipe import load_recipe  # noqa: E402
+from factory.output import quiet_dependencies
+
+quiet_dependencies()  # before transformers/datasets load: a benchmark prints its table, not their bars
+
+from factory.distill import _checkpointing_flag, demo_sft_rows, run_distill
+from factory.models import resolve_model
+from factory.recipe import load_recipe
 
 RESULTS = REPO / "benchmarks" / "results" / "distill.json"
 
@@ -84,15 +88,9 @@ def run_factory(data: Path, out: Path, *, steps: int, batch: int, max_len: int, 
     }
 
 
-def run_trl(data: Path, out: Path, *, steps: int, batch: int, max_len: int, lr: float, packing: bool) -> dict:
-    """A plain SFTTrainer; it only counts tokens, everything else is TRL's default path."""
-    import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.trainer_callback import PrinterCallback
-    from trl import SFTConfig, SFTTrainer
-
-    import pyarrow.parquet as pq
+def counting_trainer_class() -> type:
+    """TRL's SFTTrainer, counting the tokens it computes and the real (non-pad) ones among them."""
+    from trl import SFTTrainer
 
     class CountingSFTTrainer(SFTTrainer):
         real = 0
@@ -105,6 +103,20 @@ def run_trl(data: Path, out: Path, *, steps: int, batch: int, max_len: int, lr: 
                 self.real += int(inputs["input_ids"].numel())
             self.computed += int(inputs["input_ids"].numel())
             return super().training_step(model, inputs, num_items_in_batch)
+
+    return CountingSFTTrainer
+
+
+def run_trl(data: Path, out: Path, *, steps: int, batch: int, max_len: int, lr: float, packing: bool) -> dict:
+    """A plain SFTTrainer; it only counts tokens, everything else is TRL's default path."""
+    import pyarrow.parquet as pq
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.trainer_callback import PrinterCallback
+    from trl import SFTConfig
+
+    CountingSFTTrainer = counting_trainer_class()
 
     model_path = resolve_model("tiny-qwen")
     tokenizer = AutoTokenizer.from_pretrained(model_path)

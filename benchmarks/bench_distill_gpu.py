@@ -36,11 +36,18 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 os.environ.setdefault("FACTORY_HOME", str(REPO / ".factory"))
 
-from factory.distill import _checkpointing_flag, demo_sft_rows, run_distill  # noqa: E402
-from factory.models import resolve_model  # noqa: E402
-from factory.recipe import load_recipe  # noqa: E402
+from bench_distill import counting_trainer_class
+
+from factory.output import quiet_dependencies
+
+quiet_dependencies()  # before transformers/datasets load: a benchmark prints its table, not their bars
+
+from factory.distill import _checkpointing_flag, demo_sft_rows, run_distill
+from factory.models import resolve_model
+from factory.recipe import load_recipe
 
 RESULTS = REPO / "benchmarks" / "results" / "distill_gpu.json"
 # Dense bf16 peak (no sparsity), FLOP/s, by a substring of torch.cuda.get_device_name().
@@ -129,19 +136,9 @@ def run_trl(model_dir: Path, data: Path, out: Path, *, steps: int, batch: int, m
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.trainer_callback import PrinterCallback
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
-    class CountingSFTTrainer(SFTTrainer):
-        real = 0
-        computed = 0
-
-        def training_step(self, model, inputs, num_items_in_batch=None):
-            if "attention_mask" in inputs:
-                self.real += int(inputs["attention_mask"].sum())
-            else:  # padding-free: one flattened row, no padding
-                self.real += inputs["input_ids"].numel()
-            self.computed += inputs["input_ids"].numel()
-            return super().training_step(model, inputs, num_items_in_batch)
+    CountingSFTTrainer = counting_trainer_class()
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     rows = pq.read_table(data).select(["messages"]).to_pylist()

@@ -25,7 +25,10 @@ Numbers are noisy on a shared machine: the server and the client share its cores
 `--backend vllm openai-vllm transformers` instead compares real engines side by side on the same
 tiny-model recipe (tiny-r1, the arithmetic prompts), timing `run_generate` (what `factory generate`
 runs) with the engine already loaded; load time is reported apart. Needs vLLM (the CPU build:
-README, "Real teachers"):
+README, "Real teachers"). `transformers-ray` / `vllm-ray` run the same teacher as Ray actors (one per GPU,
+else one per CPU: `--executor ray`); they need the `ray` extra:
+
+    python benchmarks/bench_generate.py --backend transformers transformers-ray
 
     .venv-vllm/bin/python benchmarks/bench_generate.py --backend vllm openai-vllm transformers
 """
@@ -413,14 +416,20 @@ def compare_backends(backends: list[str], *, prompts: int, n: int, tokens: int) 
     for label in backends:
         server = None
         port = _free_port()
-        backend = "openai" if label == "openai-vllm" else label
+        backend = {"openai-vllm": "openai", "transformers-ray": "transformers", "vllm-ray": "vllm"}.get(label, label)
         recipe_path = home / f"bench_{label}.yaml"
         recipe_path.write_text(ENGINE_RECIPE.format(label=label.replace("-", "_"), prompts=prompt_file, backend=backend,
                                                     url=f"http://127.0.0.1:{port}/v1", n=n, tokens=tokens))
         started = time.perf_counter()
         if label == "openai-vllm":
             server = _start_vllm_server(home / "models" / "tiny-r1", port, home / "vllm-server.log")
-        teacher = build_teacher(load_recipe(str(recipe_path)).teacher)
+        config = load_recipe(str(recipe_path)).teacher
+        if label.endswith("-ray"):  # executor: ray, one actor per GPU (or per CPU): what `--executor ray` builds
+            from factory.teachers.ray_actors import RayTeacher
+
+            teacher = RayTeacher(config, recipe_file=recipe_path)
+        else:
+            teacher = build_teacher(config)
         try:
             teacher.check()  # loads the model (vllm, transformers) or reaches the server (openai)
             load_s = time.perf_counter() - started
@@ -462,7 +471,7 @@ def main() -> None:
                         "amortise the one-off connection set-up, as a long run does")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--serve-port", type=int, help=argparse.SUPPRESS)  # internal: be the fast server
-    parser.add_argument("--backend", nargs="+", choices=["vllm", "openai-vllm", "transformers"],
+    parser.add_argument("--backend", nargs="+", choices=["vllm", "openai-vllm", "transformers", "transformers-ray", "vllm-ray"],
                         help="compare real engines on tiny-r1 instead of the latency sweep")
     parser.add_argument("--prompts", type=int, default=32, help="--backend: prompts (x n samples)")
     parser.add_argument("--n", type=int, default=4, help="--backend: samples per prompt")

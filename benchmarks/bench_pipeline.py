@@ -2,12 +2,14 @@
 
     python benchmarks/bench_pipeline.py                       # N = 100K and 400K, local and ray
     python benchmarks/bench_pipeline.py --n 20000 --executors local --baseline-n 5000   # quick
+    python benchmarks/bench_pipeline.py --n 20000 --executors local --baseline-n 0 --memory-gb 0.5  # dedup spills
 
 For each N: write N synthetic R1-shaped traces (~5K characters, the samples of
 benchmarks/bench_filter.py: a quarter broken on purpose, plus wrong answers, exact copies
 and benchmark leaks), import them with the replay teacher (`factory generate`), then run
 `factory filter` (the CLI, in a subprocess, as a user runs it) with format, language,
-readability, correctness, decontam, dedup and selection. Peak RSS is the largest sum of
+readability, correctness, decontam, dedup and selection (each in the per-step table, with
+the MB a whole-run step spilled to Parquet when its state outgrew its share of memory_gb). Peak RSS is the largest sum of
 RSS over the CLI process and all its descendants, sampled every 0.2 s (on Ray, shared
 object-store pages are counted in every process that maps them, so it is an upper bound).
 
@@ -40,7 +42,7 @@ from bench_filter import make_sample
 RESULTS = REPO / "benchmarks" / "results" / "pipeline.json"
 RULE_STEPS = ("format", "language", "readability")
 FILTERS = ("[{step: format}, {step: language}, {step: readability}, {step: correctness}, {step: decontam}, "
-           "{step: dedup, threshold: 0.6, ngram: 2}]")
+           "{step: dedup, threshold: 0.6, ngram: 2}, {step: selection, k: 1, policy: shortest}]")
 
 
 def write_traces(path: Path, n: int, seed: int = 0) -> None:
@@ -65,12 +67,15 @@ def write_traces(path: Path, n: int, seed: int = 0) -> None:
             out.write(json.dumps(previous) + "\n")
 
 
-def recipe(directory: Path, name: str) -> Path:
+def recipe(directory: Path, name: str, memory_gb: float = 4.0, *, legacy: bool = False) -> Path:
+    """The replay recipe; `legacy`: selection as a `selection:` block, which the engine before this one reads."""
     path = directory / f"{name}.yaml"
+    filters = FILTERS.replace(", {step: selection, k: 1, policy: shortest}", "") if legacy else FILTERS
+    tail = "selection: {k: 1, policy: shortest}\n" if legacy else f"memory_gb: {memory_gb}\n"
     path.write_text(
         f"kind: generate\nname: {name}\nteacher:\n  role: rl_1\n  backend: replay\n  model: synthetic-r1\n"
         "  replay:\n    path: traces.jsonl\n    fields: {prompt: problem, generation: generation, reference: answer}\n"
-        f"filters: {FILTERS}\nselection: {{k: 1, policy: shortest}}\noutput: {{dataset: {name}}}\n")
+        f"filters: {filters}\n{tail}output: {{dataset: {name}}}\n")
     return path
 
 
@@ -117,14 +122,14 @@ def run_measured(args: list[str], home: Path) -> tuple[float, int]:
     return time.perf_counter() - started, peak
 
 
-def bench_n(n: int, work: Path, executors: list[str], workers: int) -> list[dict[str, Any]]:
+def bench_n(n: int, work: Path, executors: list[str], workers: int, memory_gb: float) -> list[dict[str, Any]]:
     directory = work / f"n{n}"
     directory.mkdir(parents=True, exist_ok=True)
     home = directory / "home"
     write_traces(directory / "traces.jsonl", n)
     name = "bench"
     started = time.perf_counter()
-    run_measured([sys.executable, "-m", "cli", "generate", "--recipe", str(recipe(directory, name)), "--quiet"], home)
+    run_measured([sys.executable, "-m", "cli", "generate", "--recipe", str(recipe(directory, name, memory_gb)), "--quiet"], home)
     imported_s = time.perf_counter() - started
     (directory / "traces.jsonl").unlink()
     run_dir = home / "runs" / name
@@ -147,7 +152,7 @@ def baseline(n: int, work: Path) -> dict[str, Any]:
     directory.mkdir(parents=True, exist_ok=True)
     home = directory / "home"
     write_traces(directory / "traces.jsonl", n)
-    run_measured([sys.executable, "-m", "cli", "generate", "--recipe", str(recipe(directory, "base")), "--quiet"], home)
+    run_measured([sys.executable, "-m", "cli", "generate", "--recipe", str(recipe(directory, "base", legacy=True)), "--quiet"], home)
     code = f"from tests import legacy_filter; legacy_filter.run_filter({str(home / 'runs' / 'base')!r}, progress=False)"
     wall, peak = run_measured([sys.executable, "-c", code], home)
     row = {"n": n, "executor": "in-memory engine (before)", "workers": 1, "wall_s": round(wall, 1),
@@ -157,14 +162,15 @@ def baseline(n: int, work: Path) -> dict[str, Any]:
 
 
 def _row(n: int, executor: str, workers: int, wall: float, peak: int, report: dict[str, Any], imported_s: float) -> dict[str, Any]:
-    steps = {s["step"]: s for s in report["steps"]}
+    steps = {s["step"]: s for s in [*report["steps"], *([report["selection"]] if report.get("selection") else [])]}
     rule_s = sum(steps[s]["seconds"] for s in RULE_STEPS if s in steps)
     return {
         "n": n, "executor": executor, "workers": workers, "wall_s": round(wall, 1), "samples_per_s": round(n / wall),
         "peak_rss_gb": round(peak / 2**30, 2), "rule_steps_samples_per_s": round(n / rule_s) if rule_s else None,
         "selected": report["selected"], "import_s": round(imported_s, 1),
         "steps": {name: {"in": s["candidates"], "passed": s["passed"], "seconds": s["seconds"],
-                         "samples_per_s": round(s["candidates"] / s["seconds"]) if s["seconds"] else None}
+                         "samples_per_s": round(s["candidates"] / s["seconds"]) if s["seconds"] else None,
+                         "spilled_mb": round(s.get("spilled_bytes", 0) / 1e6, 1)}
                   for name, s in steps.items()},
     }
 
@@ -176,6 +182,8 @@ def _format(row: dict[str, Any]) -> str:
         line += f"  rule steps {row['rule_steps_samples_per_s']:,}/s"
     for name, s in row.get("steps", {}).items():
         line += f"\n    {name:<12} in {s['in']:>9,}  passed {s['passed']:>9,}  {s['seconds']:>7.1f}s  {s['samples_per_s'] or 0:>7,}/s"
+        if s.get("spilled_mb"):
+            line += f"  spilled {s['spilled_mb']:,.1f} MB to Parquet"
     return line
 
 
@@ -185,6 +193,8 @@ def main() -> None:
     parser.add_argument("--executors", nargs="+", default=["ray", "local"], choices=["local", "ray"])
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--baseline-n", type=int, default=25_000, help="0 = no baseline")
+    parser.add_argument("--memory-gb", type=float, default=4.0,
+                        help="the recipe's memory_gb (a small one makes dedup spill its state to Parquet)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/factory-bench-pipeline"))
     args = parser.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
@@ -192,9 +202,9 @@ def main() -> None:
     print(f"{os.cpu_count()} cores, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} at start", flush=True)
     rows = [baseline(args.baseline_n, args.work)] if args.baseline_n else []
     for n in args.n:
-        rows.extend(bench_n(n, args.work, args.executors, args.workers))
+        rows.extend(bench_n(n, args.work, args.executors, args.workers, args.memory_gb))
     result = {"cores": os.cpu_count(), "load_at_start": load, "load_at_end": os.getloadavg(), "rows": rows,
-              "filters": FILTERS, "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+              "filters": FILTERS, "memory_gb": args.memory_gb, "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     runs = previous.get("runs", []) + [result]

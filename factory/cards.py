@@ -142,7 +142,7 @@ def _resolve(run: str | None, mix: str | None) -> tuple[str, RunStore | None]:
             known = sorted(p.parent.name for p in datasets_dir().glob("*/manifest.json"))
             raise FactoryError(f"--mix {mix}: no such mix in {datasets_dir()} (known: {', '.join(known) or 'none yet'})")
         return mix, None
-    store = open_run(run)
+    store = open_run(run, local_only="card")
     return store.name, store
 
 

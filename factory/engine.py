@@ -4,8 +4,10 @@ Memory does not grow with the text of a run. The engine keeps, per sample, only 
 compact index (id, prompt id, task type, token count, text length: ~100 bytes) and one
 status byte per step; text is read from the Parquet shards one row group batch at a time,
 only the columns a step declares, only for the samples the step has still to decide.
-Whole-run steps (dedup) keep their compact state (exact keys, MinHash signatures) and
-log its size. Verdicts are written one shard per chunk as chunks complete, in order,
+Whole-run steps (dedup) stream their compact state (exact keys, MinHash signatures) from
+the workers and keep it within a share of `memory_gb`, spilling the rest to Parquet in the
+run's `.spill/` folder (logged, and counted in the report); `MemoryPlan` says what the
+setting bounds. Verdicts are written one shard per chunk as chunks complete, in order,
 so a killed run redoes at most the chunks in flight.
 
 Work goes through one `Executor` (the local process pool, or Ray): the same steps, the
@@ -19,12 +21,15 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -33,8 +38,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from factory.progress import RateProgress
-from factory.steps import FilterStep, StepVerdict
-from factory.store import RunStore, utc_now, visible_shards
+from factory.steps import FilterStep, StateBudget, StepVerdict
+from factory.store import RunStore, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +135,77 @@ def step_args(step: FilterStep) -> tuple[type[FilterStep], str]:
     return type(step), json.dumps(step.params.model_dump(mode="json"), sort_keys=True)
 
 
+# ---------------------------------------------------------------- the memory budget
+MIN_CHUNK = 64            # rows: below this the per-chunk overhead (a verdict shard, a task) dominates
+WORKER_RSS = 200 * 2**20  # a worker process before its first chunk: Python, pyarrow, numpy, a step's verifier
+INDEX_ROW_BYTES = 160     # the run index and one status byte per step, per sample
+CHUNK_COPIES = 4          # a chunk in flight is held ~4 times: Arrow here, pickled, unpickled, Python strings
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How `memory_gb` is shared out on the local executor, so that the process tree stays under it.
+
+    Covered: this process as measured when the plan is made, the run index, a whole-run step's
+    state (a quarter of the budget; dedup spills the rest to Parquet), the worker processes
+    (fewer workers when they would not fit) and the chunks in flight (their rows set from the
+    measured bytes per row of the columns each step reads, times the queue depth).
+    Not covered: a single sample bigger than the chunk budget (it is still read whole), a step
+    that holds a model (the judge: its server or weights are its own), a step's own child
+    processes (the math and code verifiers' sandboxes), and on Ray the cluster's own processes
+    and object store (Ray's settings bound those; there memory_gb sizes chunks and dedup state,
+    and the driver holds each dedup candidate's id and rank).
+    """
+
+    budget: int
+    workers: int
+    state_bytes: int
+    in_flight_bytes: int
+
+    def chunk_rows(self, bytes_per_row: float, work_factor: float = 8.0) -> int:
+        """Rows per chunk: the chunks queued (each held ~CHUNK_COPIES times) and those being worked on
+        (each taking `work_factor` times its bytes) fit in the in-flight budget."""
+        depth = 2 * self.workers + 2 if self.workers > 1 else 2   # queued per worker + one being assembled
+        per_row = max(bytes_per_row, 1.0) * (CHUNK_COPIES * depth + work_factor * self.workers)
+        return int(max(MIN_CHUNK, min(CHUNK, self.in_flight_bytes / per_row)))
+
+
+def plan_memory(memory_gb: float, workers: int, samples: int, own_rss: int, *, fixed_workers: bool = False
+                ) -> MemoryPlan:
+    """Share `memory_gb` between the index, whole-run state, worker processes and chunks in flight.
+
+    `fixed_workers`: the worker count is not ours to change (a Ray cluster); only chunks are sized."""
+    budget = int(memory_gb * 2**30)
+    state = budget // 4
+    room = budget - own_rss - samples * INDEX_ROW_BYTES - state
+    fit = max(1, int(room / 2 // WORKER_RSS))     # workers take at most half of what is left
+    use = workers if workers <= fit or fixed_workers else max(1, fit)
+    if use < workers:
+        log.warning("memory_gb %.2f: %d worker processes instead of %d, so that their chunks fit", memory_gb, use, workers)
+    spare = room - use * WORKER_RSS   # one worker runs inline, in this process, and grows it as much
+    return MemoryPlan(budget, use, state, max(spare, budget // 16))
+
+
+def column_bytes(store: RunStore, columns: Sequence[str], sample: int = 8) -> float:
+    """Uncompressed bytes per row of `columns`, from the Parquet metadata of the run's first shards."""
+    rows, size = 0, 0
+    for shard in store.sample_shards()[:sample]:
+        meta = store.parquet_file(shard).metadata
+        rows += meta.num_rows
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            for c in range(group.num_columns):
+                if group.column(c).path_in_schema.split(".")[0] in columns:
+                    size += group.column(c).total_uncompressed_size
+    return size / rows if rows else 1.0
+
+
+def process_rss() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
 # ---------------------------------------------------------------- the run's compact index
 @dataclass
 class RunIndex:
@@ -150,7 +226,7 @@ class RunIndex:
         ids, prompts, tasks, tokens, lengths = [], [], [], [], []
         groups: list[tuple[str, int, int]] = []
         for shard in store.sample_shards():
-            parquet = pq.ParquetFile(shard)
+            parquet = store.parquet_file(shard)
             for g in range(parquet.num_row_groups):
                 groups.append((str(shard), g, parquet.metadata.row_group(g).num_rows))
             for batch in parquet.iter_batches(batch_size=batch_rows, columns=[*INDEX_COLUMNS, "text"]):
@@ -187,7 +263,7 @@ class RunIndex:
             wanted = mask[offset:offset + rows]
             if wanted.any():
                 if opened is None or opened[0] != path:
-                    opened = (path, pq.ParquetFile(path))
+                    opened = (path, store.parquet_file(path))
                 parquet = opened[1]
                 start = offset
                 for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[group], columns=list(columns)):
@@ -266,6 +342,7 @@ class StepCount:
     computed: int = 0
     reused: int = 0
     seconds: float = 0.0
+    spilled_bytes: int = 0  # whole-run state written to disk because it outgrew its memory budget
 
 
 @dataclass
@@ -277,8 +354,11 @@ class EngineRun:
     executor: Executor
     batch_rows: int = 512
     chunk_rows: int = CHUNK
+    plan: MemoryPlan | None = None  # per-step chunk rows from the bytes of the columns it reads
     progress: bool = True
+    state_bytes: int | None = None  # a whole-run step's state budget (the rest spills); None = unbounded
     status: dict[str, np.ndarray] = field(default_factory=dict)
+    spilled: dict[str, int] = field(default_factory=dict)
     reasons: Counter = field(default_factory=Counter)
 
     def apply(self, step: FilterStep, candidates: np.ndarray, *, recompute: bool, compute: bool) -> StepCount:
@@ -308,14 +388,15 @@ class EngineRun:
         count.rejected = int((decided == FAIL).sum())
         count.unverifiable = int((decided == UNSURE).sum())
         count.seconds = round(time.perf_counter() - started, 3)
+        count.spilled_bytes = self.spilled.get(step.name, 0)
         return count
 
     def _load(self, step: str, chash: str, status: np.ndarray) -> None:
         """The latest stored verdict of each sample, where it was made with these settings."""
-        shards = visible_shards(self.store.verdict_dir(step))
+        shards = self.store.verdict_shards(step)
         if not shards:
             return
-        table = pa.concat_tables([pq.read_table(s, columns=["sample_id", "passed", "code", "config_hash"]) for s in shards])
+        table = pa.concat_tables([self.store.read_table(s, ["sample_id", "passed", "code", "config_hash"]) for s in shards])
         table = table.append_column("row", pa.array(np.arange(table.num_rows)))
         latest = table.group_by("sample_id", use_threads=False).aggregate([("row", "max")]).column("row_max")
         table = table.take(latest)
@@ -334,7 +415,7 @@ class EngineRun:
         if not step.in_process and hasattr(self.executor, "filter_dataset"):
             # A cluster executor reads the shards on its workers; verdicts come back in chunks.
             shards = [str(p) for p in self.store.sample_shards()]
-            for table in self.executor.filter_dataset(step, shards, self.index.ids.filter(pa.array(todo)), self.chunk_rows):
+            for table in self.executor.filter_dataset(step, shards, self.index.ids.filter(pa.array(todo)), self.rows_for(step)):
                 if table.num_rows:
                     verdicts = (StepVerdict(p, c, r, s, json.loads(d) if d else None) for p, c, r, s, d in zip(
                         *(table.column(k).to_pylist() for k in ("passed", "code", "reason", "score", "detail"))))
@@ -343,7 +424,8 @@ class EngineRun:
                     bar.update(table.num_rows)
             return
         columns = list(dict.fromkeys(["sample_id", *step.input_columns()]))
-        chunks = rechunk(self.index.batches(self.store, columns, todo, self.batch_rows), self.chunk_rows)
+        rows = self.rows_for(step)
+        chunks = rechunk(self.index.batches(self.store, columns, todo, min(self.batch_rows, rows)), rows)
         with_ids = (((positions, table.column("sample_id")), table) for positions, table in chunks)
         args = step_args(step)
         if step.in_process:
@@ -357,25 +439,53 @@ class EngineRun:
     def _whole_run(self, step: FilterStep, candidates: np.ndarray, todo: np.ndarray, chash: str, status: np.ndarray,
                    bar: RateProgress) -> None:
         positions = np.flatnonzero(candidates)
-        if step.lsh_grouping and not step.has_reference() and hasattr(self.executor, "group_duplicates"):
+        if step.lsh_grouping and hasattr(self.executor, "group_duplicates"):
             ids = self.index.ids.take(pa.array(positions))
             decided = self.executor.group_duplicates(step, [str(p) for p in self.store.sample_shards()], ids,
                                                      self.index.text_len[positions])
-            self._write_decided(step, positions, ids.to_pylist(), decided, todo, chash, status, bar)
+            self._write_decided(step, positions, ids, decided, todo, chash, status, bar)
             return
         columns = list(dict.fromkeys(["sample_id", *step.input_columns()]))
         args = step_args(step)
-        reference = list(self.executor.map(sketch_task, args, ((ids, t) for ids, t in step.reference_batches())))
-        parts = self.index.batches(self.store, columns, candidates, self.batch_rows)
-        sketches = [s for _, s in self.executor.map(sketch_task, args, ((None, t) for _, t in rechunk(parts, self.chunk_rows)))]
-        state = sum(getattr(a, "nbytes", 0) for s in sketches for a in vars(s).values() if isinstance(a, np.ndarray))
-        log.info("filter %s: whole-run state of %d samples is %.1f MB in memory (ids, lengths, sketches; no text)",
-                 step.name, len(positions), state / 1e6)
-        ids = self.index.ids.take(pa.array(positions)).to_pylist()
-        decided = step.decide(ids, self.index.text_len[positions].tolist(), sketches, reference)
-        self._write_decided(step, positions, ids, decided, todo, chash, status, bar)
+        budget = StateBudget(self.state_bytes, self.spill_dir(step))
+        # Sketches stream from the workers into the step, which keeps or spills them: never a list of them here.
+        reference = self.executor.map(sketch_task, args, ((ids, t) for ids, t in step.reference_batches()))
+        rows = self.rows_for(step)
+        parts = self.index.batches(self.store, columns, candidates, min(self.batch_rows, rows))
+        sketches = (s for _, s in self.executor.map(sketch_task, args, ((None, t) for _, t in rechunk(parts, rows))))
+        ids = self.index.ids.take(pa.array(positions))
+        try:
+            decided = step.decide(ids, self.index.text_len[positions], sketches, reference, budget)
+            self._write_decided(step, positions, ids, decided, todo, chash, status, bar)
+        finally:
+            shutil.rmtree(budget.spill_dir, ignore_errors=True)
+        self.spilled[step.name] = budget.spilled_bytes
+        if budget.spilled_bytes:
+            log.info("filter %s: whole-run state of %d samples over its %.0f MB budget: spilled %.1f MB to %s",
+                     step.name, len(positions), (self.state_bytes or 0) / 1e6, budget.spilled_bytes / 1e6,
+                     budget.spill_dir)
+        else:
+            log.info("filter %s: whole-run state of %d samples held in memory (budget %s)", step.name, len(positions),
+                     f"{self.state_bytes / 1e6:.0f} MB" if self.state_bytes else "unbounded")
 
-    def _write_decided(self, step: FilterStep, positions: np.ndarray, ids: list[str], decided: Iterable[StepVerdict],
+    def rows_for(self, step: FilterStep) -> int:
+        """Rows per chunk of this step: what its columns allow within the plan (the run's chunk without one)."""
+        if self.plan is None:
+            return self.chunk_rows
+        columns = list(dict.fromkeys(["sample_id", *step.input_columns()]))
+        return self.plan.chunk_rows(column_bytes(self.store, columns), step.work_factor)
+
+    def spill_dir(self, step: FilterStep) -> Path:
+        """A scratch folder in the run for a whole-run step's spilled state (left over by a killed run: cleared).
+
+        A run on a remote filesystem spills to local temporary storage: spilled state is read back at random."""
+        root = self.store.location
+        base = Path(tempfile.gettempdir()) / f"factory-spill-{self.store.name}" if "://" in root else Path(root) / ".spill"
+        directory = base / step.name
+        shutil.rmtree(directory, ignore_errors=True)
+        return directory
+
+    def _write_decided(self, step: FilterStep, positions: np.ndarray, ids: pa.Array, decided: Iterable[StepVerdict],
                        todo: np.ndarray, chash: str, status: np.ndarray, bar: RateProgress) -> None:
         """A whole-run step's verdicts, in chunks, written only for samples not already decided."""
         verdicts = iter(decided)
@@ -385,8 +495,8 @@ class EngineRun:
             keep = need[start:start + len(batch)]
             if keep.any():
                 chosen = np.flatnonzero(keep)
-                self._write(step.name, positions[start:start + len(batch)][chosen], [ids[start + i] for i in chosen],
-                            (batch[i] for i in chosen), chash, status)
+                self._write(step.name, positions[start:start + len(batch)][chosen],
+                            ids.take(pa.array(chosen + start)).to_pylist(), (batch[i] for i in chosen), chash, status)
             bar.update(len(batch))
 
     def _write(self, step: str, positions: np.ndarray, ids: list[str], verdicts: Iterable[StepVerdict], chash: str,

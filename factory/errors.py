@@ -33,8 +33,17 @@ class TeacherError(FactoryError):
 ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
 
 
+# pyarrow's S3/GCS filesystems raise OSError("When listing objects under key … in bucket …: AWS Error …") without errno.
+REMOTE_STORE_ERROR = re.compile(r"AWS Error|When (?:listing|reading|getting|creating|uploading|completing|deleting|"
+                                r"initiating|opening|resolving)[^:]* (?:bucket|key|region)")
+
+
 def environment_error(exc: OSError) -> FactoryError | None:
-    """A FactoryError naming the file and what to do for disk-full / read-only / permission errors; None for others."""
+    """A FactoryError naming the file and what to do for disk-full / read-only / permission errors, or for an
+    unreachable or refusing object store; None for others."""
+    if exc.errno is None and REMOTE_STORE_ERROR.search(str(exc)):
+        return FactoryError(f"store: {str(exc).strip().splitlines()[0]}; check the --store URI (bucket), its credentials "
+                            "(AWS_* variables or profile) and endpoint (AWS_ENDPOINT_URL)")
     code = exc.errno
     if code is None:  # pyarrow's file system raises OSError("... [Errno 28] No space left on device") without errno
         match = re.search(r"\[errno (\d+)\]", str(exc), re.IGNORECASE)

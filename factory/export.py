@@ -66,7 +66,7 @@ def export_dataset(*, run: str | None = None, mix: str | None = None, out_dir: P
             batches = _mix_batches(mix)
             name, kind = mix, "mix"
         else:
-            store = open_run(run)
+            store = open_run(run, local_only="export")
             batches = _run_batches(store)
             name, kind = store.name, "run"
         subsets, shards = _write_shards(batches, staging / "data", int(shard_mb * 1024 * 1024))

@@ -28,30 +28,35 @@ selection → report.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
+from pydantic import ValidationError
 
 from factory.engine import (
-    CHUNK,
     PASS,
     EngineRun,
     Executor,
     LocalExecutor,
+    MemoryPlan,
     RunIndex,
     StepCount,
     candidate_mask,
+    column_bytes,
+    default_workers,
+    plan_memory,
+    process_rss,
 )
 from factory.errors import FactoryError, RecipeError
 from factory.recipe import GenerateRecipe, SelectionConfig, load_recipe
 from factory.steps import STEPS, FilterStep, StepVerdict
-from factory.store import RunStore, open_run, utc_now, write_json_atomically
+from factory.store import RunStore, open_run, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -75,24 +80,46 @@ __all__ = [
 # ---------------------------------------------------------------- steps from a recipe
 def validate_filter_configs(filters: Sequence[dict[str, Any]]) -> Iterable[tuple[int, str]]:
     """(index, 'key: message') for every bad filter entry; the recipe loader reports the first."""
+    names = ", ".join([*STEPS, SELECTION_STEP])
     for index, entry in enumerate(filters):
         if not isinstance(entry, dict) or "step" not in entry:
-            yield index, f"step: expected a mapping with 'step' (one of {', '.join(STEPS)})"
+            yield index, f"step: expected a mapping with 'step' (one of {names})"
             continue
         name = entry["step"]
+        settings = {k: v for k, v in entry.items() if k != "step"}
+        if name == SELECTION_STEP:
+            if index != len(filters) - 1:
+                yield index, "step: selection must be the last filter (it keeps k per prompt of what the others accepted)"
+            else:
+                try:
+                    SelectionConfig.model_validate(settings)
+                except ValidationError as exc:
+                    error = exc.errors()[0]
+                    yield index, f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}"
+            continue
         if name not in STEPS:
-            yield index, f"step: unknown filter {name!r}; expected one of {', '.join(STEPS)}"
+            yield index, f"step: unknown filter {name!r}; expected one of {names}"
             continue
         try:
-            STEPS[name].from_config({k: v for k, v in entry.items() if k != "step"})
+            STEPS[name].from_config(settings)
         except ValueError as exc:
             yield index, str(exc)
 
 
 def build_steps(filters: Sequence[dict[str, Any]]) -> list[FilterStep]:
+    """The recipe's filter steps in order (a closing `{step: selection}` is the selection's settings, not a step)."""
     for index, message in validate_filter_configs(filters):
         raise RecipeError(f"filters[{index}].{message}")
-    return [STEPS[f["step"]].from_config({k: v for k, v in f.items() if k != "step"}) for f in filters]
+    return [STEPS[f["step"]].from_config({k: v for k, v in f.items() if k != "step"})
+            for f in filters if f["step"] != SELECTION_STEP]
+
+
+def selection_of(filters: Sequence[dict[str, Any]], selection: SelectionConfig) -> SelectionConfig:
+    """`{step: selection, k, policy}` closing the filters list, else the recipe's `selection:`."""
+    last = filters[-1] if filters else {}
+    if isinstance(last, dict) and last.get("step") == SELECTION_STEP:
+        return SelectionConfig.model_validate({k: v for k, v in last.items() if k != "step"})
+    return selection
 
 
 # ---------------------------------------------------------------- the stage
@@ -109,6 +136,7 @@ class FilterReport:
     accepted_per_million_tokens: float | None = None
     executor: str = "local"
     workers: int = 1
+    selection: StepCount | None = None  # the closing per-prompt selection, counted like a step
 
 
 @dataclass
@@ -150,10 +178,16 @@ def _filter_run(store: RunStore, *, recipe: str | None, only: Sequence[str] | No
         unknown = [name for name in only if name not in {s.name for s in steps} | {SELECTION_STEP}]
         if unknown:
             raise FactoryError(f"--only {unknown[0]}: not a step of this run (steps: {', '.join(s.name for s in steps)}, selection)")
-    runner = _executor(executor or config.executor, workers or config.workers, store)
+    name, requested = executor or config.executor, workers or config.workers
+    if name == "ray":  # the cluster's size is Ray's; the plan sizes chunks and dedup state
+        runner = _executor(name, requested, store)
+        plan = memory_plan(store, config.memory_gb, runner.workers, fixed_workers=True)
+    else:
+        plan = memory_plan(store, config.memory_gb, requested or default_workers())
+        runner = _executor(name, plan.workers, store)
     try:
-        return _run(store, steps, config, runner, only=only, recompute=recompute, progress=progress,
-                    executor_name=executor or config.executor)
+        return _run(store, steps, plan, runner, only=only, recompute=recompute, progress=progress,
+                    executor_name=executor or config.executor, selection=config.selection)
     finally:
         runner.close()
 
@@ -162,47 +196,52 @@ def _executor(name: str, workers: int | None, store: RunStore) -> Executor:
     if name == "ray":
         from factory.ray_executor import RayExecutor
 
-        return RayExecutor(workers)
+        return RayExecutor(workers, filesystem=store.filesystem)
     if name != "local":
         raise FactoryError(f"--executor {name}: expected local or ray")
     return LocalExecutor(workers)
 
 
-def _run(store: RunStore, steps: list[FilterStep], config: _FilterConfig, executor: Executor, *,
-         only: Sequence[str] | None, recompute: bool, progress: bool, executor_name: str) -> FilterReport:
-    batch_rows, chunk_rows = _batch_sizes(store, config.memory_gb, executor.workers)
+def _run(store: RunStore, steps: list[FilterStep], plan: MemoryPlan, executor: Executor, *,
+         only: Sequence[str] | None, recompute: bool, progress: bool, executor_name: str,
+         selection: SelectionConfig) -> FilterReport:
+    batch_rows, chunk_rows = _batch_sizes(plan, store)
     index = RunIndex.build(store, batch_rows)
     if not len(index):
         raise FactoryError(f"run '{store.name}': no samples yet; run `factory generate` first")
-    engine = EngineRun(store, index, executor, batch_rows=batch_rows, chunk_rows=chunk_rows, progress=progress)
+    engine = EngineRun(store, index, executor, batch_rows=batch_rows, chunk_rows=chunk_rows, progress=progress,
+                       plan=plan, state_bytes=plan.state_bytes)
     counts: list[StepCount] = []
     for position, step in enumerate(steps):
         candidates = candidate_mask(steps[:position], engine.status, step, len(index))
         run_it = not only or step.name in only
         counts.append(engine.apply(step, candidates, recompute=recompute and run_it, compute=run_it))
     accepted = candidate_mask(steps, engine.status, None, len(index))
-    selected = _select(engine, accepted, config.selection, recompute=recompute,
-                       compute=not only or SELECTION_STEP in only)
+    started = time.perf_counter()
+    selected, computed = _select(engine, accepted, selection, recompute=recompute,
+                                 compute=not only or SELECTION_STEP in only)
     report = _report(engine, steps, counts, accepted, selected)
     report.executor, report.workers = executor_name, executor.workers
+    report.selection = StepCount(SELECTION_STEP, candidates=int(accepted.sum()), passed=int(selected.sum()),
+                                 rejected=int(accepted.sum() - selected.sum()), computed=computed,
+                                 reused=int(accepted.sum()) - computed,
+                                 seconds=round(time.perf_counter() - started, 3))
     data = asdict(report)
     data["written_at"] = utc_now().isoformat()
-    write_json_atomically(data, store.root / "filter_report.json")
+    store.write_json("filter_report.json", data)
     return report
 
 
-def _batch_sizes(store: RunStore, memory_gb: float, workers: int) -> tuple[int, int]:
-    """Rows per read batch and per chunk so that the chunks in flight stay well inside the memory setting.
-
-    In flight: 2 chunks per worker queued, one being assembled, each held about 4 times over
-    (Arrow buffers, pickled copy, Python strings in the worker, verdicts)."""
+def memory_plan(store: RunStore, memory_gb: float, workers: int, *, fixed_workers: bool = False) -> MemoryPlan:
+    """`memory_gb` shared out for this run (see engine.MemoryPlan for what it bounds)."""
     shards = store.sample_shards()
-    rows = sum(pq.ParquetFile(s).metadata.num_rows for s in shards[:8]) or 1
-    size = sum(pq.ParquetFile(s).metadata.row_group(g).total_byte_size
-               for s in shards[:8] for g in range(pq.ParquetFile(s).num_row_groups))
-    per_row = max(size / rows, 1.0)
-    budget = memory_gb * 2**30 / 4  # a quarter for text in flight; the rest for the index, state, workers
-    chunk = int(max(64, min(CHUNK, budget / (per_row * 4 * (2 * workers + 2)))))
+    samples = sum(store.parquet_file(s).metadata.num_rows for s in shards)
+    return plan_memory(memory_gb, workers, samples, process_rss(), fixed_workers=fixed_workers)
+
+
+def _batch_sizes(plan: MemoryPlan, store: RunStore) -> tuple[int, int]:
+    """Rows per read batch and per chunk of the whole sample (the index build, verdict shards)."""
+    chunk = plan.chunk_rows(column_bytes(store, ["sample_id", "text"]))
     return min(512, chunk), chunk
 
 
@@ -211,19 +250,21 @@ def _filter_config(manifest: dict[str, Any], recipe_name: str | None) -> _Filter
         recipe = load_recipe(recipe_name)
         if not isinstance(recipe, GenerateRecipe):
             raise RecipeError(f"--recipe {recipe_name}: expected a generate recipe with filters")
-        return _FilterConfig(recipe.filters, recipe.selection, recipe.workers, recipe.executor, recipe.memory_gb)
+        return _FilterConfig(recipe.filters, selection_of(recipe.filters, recipe.selection), recipe.workers,
+                             recipe.executor, recipe.memory_gb)
     stored = manifest.get("recipe") or {}
-    selection = SelectionConfig.model_validate(stored.get("selection") or {})
-    return _FilterConfig(stored.get("filters") or [{"step": "format"}], selection, stored.get("workers"),
+    filters = stored.get("filters") or [{"step": "format"}]
+    selection = selection_of(filters, SelectionConfig.model_validate(stored.get("selection") or {}))
+    return _FilterConfig(filters, selection, stored.get("workers"),
                          stored.get("executor") or "local", stored.get("memory_gb") or DEFAULT_MEMORY_GB)
 
 
 # ---------------------------------------------------------------- selection
 def _select(engine: EngineRun, accepted: np.ndarray, selection: SelectionConfig, *, recompute: bool,
-            compute: bool) -> np.ndarray:
+            compute: bool) -> tuple[np.ndarray, int]:
     """Keep at most k accepted samples per prompt by the recipe's policy; stored as the `selection` step.
 
-    Returns the selected mask. Ranking reads only (prompt id, length, id), except the diverse
+    Returns the selected mask and how many verdicts were computed (not reused). Ranking reads only (prompt id, length, id), except the diverse
     policy, which reads the text of prompts with more accepted samples than k."""
     index = engine.index
     chash = index.fingerprint(f"{selection.k}:{selection.policy}", accepted)
@@ -246,53 +287,93 @@ def _select(engine: EngineRun, accepted: np.ndarray, selection: SelectionConfig,
                 engine._write(SELECTION_STEP, positions[part], ids.take(pa.array(part)).to_pylist(),
                               (verdicts[i] for i in part), chash, status)
     engine.status[SELECTION_STEP] = status
-    return accepted & (status == PASS)
+    return accepted & (status == PASS), int(todo.sum()) if compute else 0
 
 
 def _ranks(engine: EngineRun, positions: np.ndarray, selection: SelectionConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Rank of each accepted sample within its prompt (0 = best) and the prompt's accepted count."""
+    """Rank of each accepted sample within its prompt (0 = best) and the prompt's accepted count.
+
+    Shortest and longest are one Arrow sort (no Python object per sample); random and diverse
+    reorder only the prompts with more than one accepted sample, diverse reading their texts a
+    bounded batch of prompts at a time."""
     index = engine.index
+    n = len(positions)
     table = pa.table({"prompt": index.prompt_ids.take(pa.array(positions)), "sid": index.ids.take(pa.array(positions)),
-                      "length": index.text_len[positions], "at": np.arange(len(positions))})
+                      "length": index.text_len[positions], "at": np.arange(n)})
     order = "descending" if selection.policy == "longest" else "ascending"
     table = table.sort_by([("prompt", "ascending"), ("length", order), ("sid", "ascending")])
-    prompts = table.column("prompt").to_pylist()
     at = table.column("at").to_numpy()
-    ranks = np.zeros(len(positions), np.int64)
-    sizes = np.zeros(len(positions), np.int64)
-    start = 0
-    texts = _diverse_texts(engine, positions, prompts, at, selection) if selection.policy == "diverse" else {}
-    sids = table.column("sid").to_pylist()
-    lengths = table.column("length").to_numpy()
-    while start < len(prompts):
-        end = start
-        while end < len(prompts) and prompts[end] == prompts[start]:
-            end += 1
-        members = list(range(start, end))
-        if selection.policy in ("random", "diverse") and len(members) > 1:
-            rows = [{"sample_id": sids[i], "text": texts.get(int(at[i]), None), "_i": i, "_len": int(lengths[i])} for i in members]
-            members = [r["_i"] for r in rank_for_selection(rows, selection.policy, seed=prompts[start])]
-        for rank, i in enumerate(members):
-            ranks[at[i]] = rank
-            sizes[at[i]] = end - start
-        start = end
+    starts = _group_starts(table.column("prompt"))
+    opens = np.zeros(n, np.int64)
+    opens[starts] = 1
+    group = np.cumsum(opens) - 1
+    size_of = np.diff(np.append(starts, n))
+    rank_sorted = np.arange(n) - starts[group]
+    if selection.policy in ("random", "diverse"):
+        crowded = np.flatnonzero(size_of > 1)
+        for ordered, members in _reorder_crowded(engine, table, positions, starts, size_of, crowded, selection):
+            rank_sorted[members] = np.argsort(ordered)  # member k's place in the new order
+    ranks = np.zeros(n, np.int64)
+    sizes = np.zeros(n, np.int64)
+    ranks[at] = rank_sorted
+    sizes[at] = size_of[group]
     return ranks, sizes
 
 
-def _diverse_texts(engine: EngineRun, positions: np.ndarray, prompts: list[str], at: np.ndarray,
-                   selection: SelectionConfig) -> dict[int, str]:
-    counts = Counter(prompts)
-    crowded = np.zeros(len(engine.index), bool)
-    crowded[positions[[int(at[i]) for i, p in enumerate(prompts) if counts[p] > 1]]] = True
-    if not crowded.any():
-        return {}
-    where = {int(p): i for i, p in enumerate(positions)}
+def _group_starts(prompts: pa.ChunkedArray) -> np.ndarray:
+    """Where each run of equal prompt ids starts in the sorted column (two missing ids are equal)."""
+    n = len(prompts)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    a, b = prompts.slice(1), prompts.slice(0, n - 1)
+    differs = pc.fill_null(pc.not_equal(a, b), True)
+    both_null = pc.and_(pc.is_null(a), pc.is_null(b))
+    new = pc.and_(differs, pc.invert(both_null)).to_numpy(zero_copy_only=False) if n > 1 else np.zeros(0, bool)
+    return np.concatenate([[0], np.flatnonzero(new) + 1]).astype(np.int64)
+
+
+def _reorder_crowded(engine: EngineRun, table: pa.Table, positions: np.ndarray, starts: np.ndarray,
+                     size_of: np.ndarray, crowded: np.ndarray, selection: SelectionConfig
+                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(new order, member rows) of each crowded prompt by rank_for_selection, in batches of prompts."""
+    sids, prompts = table.column("sid"), table.column("prompt")
+    lengths, at = table.column("length").to_numpy(), table.column("at").to_numpy()
+    budget = max((engine.plan.in_flight_bytes if engine.plan else 2**28) // 4, 1 << 16)   # text read at once
+    batch: list[int] = []
+    held = 0
+    read = 0
+    for g in [*crowded.tolist(), None]:
+        if g is not None:
+            batch.append(g)
+            held += int(lengths[starts[g]:starts[g] + size_of[g]].sum())
+            if held < budget:
+                continue
+        if not batch:
+            break
+        rows = np.concatenate([np.arange(starts[b], starts[b] + size_of[b]) for b in batch])
+        texts = _texts_of(engine, positions[at[rows]]) if selection.policy == "diverse" else {}
+        read += len(texts)
+        sid_list = sids.take(pa.array(rows)).to_pylist()
+        where = dict(zip(rows.tolist(), sid_list))
+        for b in batch:
+            members = np.arange(starts[b], starts[b] + size_of[b])
+            group = [{"sample_id": where[i], "text": texts.get(int(positions[at[i]])), "_i": k, "_len": int(lengths[i])}
+                     for k, i in enumerate(members.tolist())]
+            ordered = [r["_i"] for r in rank_for_selection(group, selection.policy, seed=prompts[int(starts[b])].as_py())]
+            yield np.asarray(ordered), members
+        batch, held = [], 0
+    if selection.policy == "diverse":
+        log.info("selection diverse: read the text of %d samples in %d crowded prompts", read, len(crowded))
+
+
+def _texts_of(engine: EngineRun, wanted: np.ndarray) -> dict[int, str]:
+    """Text of the samples at `wanted` positions of the run, keyed by position."""
+    mask = np.zeros(len(engine.index), bool)
+    mask[wanted] = True
     texts: dict[int, str] = {}
-    for found, table in engine.index.batches(engine.store, ["text"], crowded, engine.batch_rows):
+    for found, table in engine.index.batches(engine.store, ["text"], mask, engine.batch_rows):
         for position, text in zip(found.tolist(), table.column("text").to_pylist()):
-            texts[where[position]] = text or ""
-    log.info("selection diverse: read the text of %d samples in %d crowded prompts", len(texts),
-             sum(1 for c in counts.values() if c > 1))
+            texts[position] = text or ""
     return texts
 
 

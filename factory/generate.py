@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from factory.errors import RecipeError, StoreError
 from factory.progress import RateProgress
@@ -78,30 +78,38 @@ def run_generate(
     force: bool = False,
     progress: bool = True,
     teacher: Teacher | None = None,
+    executor: Literal["local", "ray"] | None = None,
 ) -> GenerateReport:
-    """Generate (or finish generating) the run a recipe describes. The single entry point of this stage."""
+    """Generate (or finish generating) the run a recipe describes. The single entry point of this stage.
+
+    `executor` overrides the recipe's: "ray" runs a transformers/vLLM teacher as Ray actors (one per GPU)."""
     recipe = load_recipe(recipe_name, overrides)
     if not isinstance(recipe, GenerateRecipe):
         raise RecipeError(f"{recipe_name}: kind '{recipe.kind}' is not a generate recipe (use `factory mix` / `factory distill`)")
+    executor = executor or recipe.executor
+    if executor not in ("local", "ray"):
+        raise RecipeError(f"--executor {executor}: expected local or ray")
     recipe_file = find_recipe(recipe_name)
     rhash = recipe_hash(recipe)
     with contextlib.ExitStack() as held:
         # One writer per run: a second `generate` (or `filter`, or an import) on it fails at once.
-        held.enter_context(RunStore.for_dataset(recipe.output.dataset).lock("generate"))
+        locked = RunStore.for_dataset(recipe.output.dataset)
+        held.enter_context(locked.lock("generate"))
         if recipe.teacher.backend == "replay":
             from factory.teachers.replay import import_traces
 
             # Imports stage their shards and publish them at the end: a failed one leaves no run behind.
             return import_traces(recipe, recipe_file, rhash, overrides or [], new_run=new_run, force=force,
-                                 progress=progress, held=held)
+                                 progress=progress, held=held, locked=locked)
         # Everything that can fail on bad input runs before the run directory is touched.
         check_template(recipe.template)
         prompts = load_prompts(recipe.sources, recipe_file)
         owned = teacher is None
-        teacher = teacher or build_teacher(recipe.teacher, recipe_file=recipe_file)
+        teacher = teacher or _build_teacher(recipe, recipe_file, executor)
         try:
             teacher.check()
-            store, resumed = _open_store(recipe, rhash, recipe_file, overrides or [], new_run=new_run, force=force, held=held)
+            store, resumed = _open_store(recipe, rhash, recipe_file, overrides or [], new_run=new_run, force=force, held=held,
+                                         locked=locked)
             engine = _Engine(recipe, rhash, store, prompts, progress=progress)
             report = engine.run(teacher)
         finally:
@@ -111,15 +119,25 @@ def run_generate(
     return report
 
 
+def _build_teacher(recipe: GenerateRecipe, recipe_file: Path, executor: str) -> Teacher:
+    if executor == "ray" and recipe.teacher.backend in ("transformers", "vllm"):
+        from factory.teachers.ray_actors import RayTeacher
+
+        return RayTeacher(recipe.teacher, workers=recipe.workers, recipe_file=recipe_file)
+    if executor == "ray":  # an openai teacher already scales by its endpoints
+        log.info("executor ray: the %s teacher runs from this process (it scales by its endpoints)", recipe.teacher.backend)
+    return build_teacher(recipe.teacher, recipe_file=recipe_file)
+
+
 # ---------------------------------------------------------------- run directory
 def _open_store(
     recipe: GenerateRecipe, rhash: str, recipe_file: Path, overrides: list[str], *, new_run: bool, force: bool,
-    held: contextlib.ExitStack,
+    held: contextlib.ExitStack, locked: RunStore | None = None,
 ) -> tuple[RunStore, bool]:
     """The run to write into (the recipe's dataset, or with --new-run the next free name, locked into `held` too)."""
-    store, mode = target_store(recipe, rhash, new_run=new_run, force=force, held=held)
+    store, mode = target_store(recipe, rhash, new_run=new_run, force=force, held=held, locked=locked)
     if mode == "new":
-        store.root.mkdir(parents=True, exist_ok=True)
+        store.prepare()
         store.write_manifest(new_manifest(recipe, rhash, recipe_file, overrides, store.name))
         return store, False
     manifest = store.read_manifest()
@@ -129,10 +147,11 @@ def _open_store(
 
 
 def target_store(recipe: GenerateRecipe, rhash: str, *, new_run: bool, force: bool,
-                 held: contextlib.ExitStack) -> tuple[RunStore, str]:
+                 held: contextlib.ExitStack, locked: RunStore | None = None) -> tuple[RunStore, str]:
     """The run a recipe writes into and how: "new", "resume" (same samples) or "force". Writes nothing
-    but the lock of a --new-run run, taken into `held`."""
-    store = RunStore.for_dataset(recipe.output.dataset)
+    but the lock of a --new-run run, taken into `held`. `locked`: the recipe's run, whose lock the caller holds
+    (the same object, so that an object store's writes can check its lease)."""
+    store = locked or RunStore.for_dataset(recipe.output.dataset)
     if store.exists():
         manifest = store.read_manifest()
         if manifest.get("recipe_hash") == rhash:
@@ -145,11 +164,11 @@ def target_store(recipe: GenerateRecipe, rhash: str, *, new_run: bool, force: bo
             log.warning("recipe changed (hash %s → %s); --force: appending into run %s", manifest.get("recipe_hash"), rhash, store.name)
             return store, "force"
         raise StoreError(
-            f"run '{store.name}' ({store.root}) was made by a different recipe (hash {manifest.get('recipe_hash')} ≠ {rhash}); "
+            f"run '{store.name}' ({store.location}) was made by a different recipe (hash {manifest.get('recipe_hash')} ≠ {rhash}); "
             "pass --new-run to start a new run beside it, or --force to append to it anyway"
         )
-    if store.root.exists() and any(store.root.iterdir()):
-        raise StoreError(f"{store.root}: exists but has no manifest.json; not a factory run (move it away or pick output.dataset)")
+    if store.stray_content():
+        raise StoreError(f"{store.location}: exists but has no manifest.json; not a factory run (move it away or pick output.dataset)")
     return store, "new"
 
 
@@ -167,9 +186,9 @@ def updated_manifest(manifest: dict[str, Any], recipe: GenerateRecipe, rhash: st
 
 def _next_free_run(store: RunStore) -> RunStore:
     index = 2
-    while (store.root.parent / f"{store.name}-{index}").exists():
+    while store.sibling(f"{store.name}-{index}").occupied():
         index += 1
-    return RunStore(store.root.parent / f"{store.name}-{index}")
+    return store.sibling(f"{store.name}-{index}")
 
 
 def new_manifest(recipe: GenerateRecipe, rhash: str, recipe_file: Path, overrides: list[str], run: str) -> dict[str, Any]:
@@ -239,7 +258,7 @@ class _Engine:
         seconds = time.monotonic() - started
         report = GenerateReport(
             run=self.store.name,
-            run_dir=str(self.store.root),
+            run_dir=self.store.location,
             prompts=len(self.prompts),
             planned=total,
             already_present=len(existing),
@@ -313,7 +332,7 @@ class _Engine:
             rounds += 1
             self._generate(teacher, planned, total=len(planned), done=0, label=f"round {rounds}")
             if self.error_count and self.generated == 0:
-                raise StoreError(f"run '{self.store.name}': every request of round {rounds} failed; see {self.store.root / 'errors.jsonl'}")
+                raise StoreError(f"run '{self.store.name}': every request of round {rounds} failed; see the errors in {self.store.location}")
 
     def _run_completion_tokens(self) -> int:
         return sum(t or 0 for t in self.store.read_column("completion_tokens"))

@@ -27,9 +27,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from factory.errors import FactoryError, RecipeError
+from factory.errors import FactoryError, RecipeError, StoreError
 from factory.filter import read_accepted_ids
-from factory.paths import factory_home, runs_dir
+from factory.paths import factory_home, runs_dir, runs_location
 from factory.recipe import MixRecipe, find_recipe, load_recipe, recipe_hash
 from factory.store import RunStore, utc_now, write_json_atomically
 
@@ -118,6 +118,9 @@ def run_mix(recipe_name: str = "sft_mix", overrides: list[str] | None = None) ->
 
 def _component_rows(run: str, task_types: list[str] | None, *, curated: bool = True) -> list[dict[str, Any]]:
     """The run's curated samples (every sample with `curated=False`) as compact rows: ids, strata and the exact key, no text."""
+    if not isinstance(runs_location(), Path):
+        raise StoreError(f"factory mix: reads runs on local disk only, and the store is {runs_location()}; "
+                         "copy the runs to a local --store first")
     store = RunStore(runs_dir() / run)
     if not store.exists():
         log.warning("mix component run '%s': not found in %s; skipped (generate and filter it to include it)", run, runs_dir())

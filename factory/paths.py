@@ -12,9 +12,35 @@ BENCHMARKS_DIR = DATA_DIR / "benchmarks"
 PROMPTS_DIR = DATA_DIR / "prompts"
 
 
+def is_uri(location: str | Path) -> bool:
+    """A filesystem URI other than a local file: s3://bucket/prefix, gs://…, memory://… (file:// is a path)."""
+    text = str(location)
+    return "://" in text and not text.startswith("file://")
+
+
+def local_path(location: str | Path) -> Path:
+    text = str(location)
+    return Path(text[len("file://"):] if text.startswith("file://") else text).expanduser().resolve()
+
+
 def factory_home() -> Path:
-    """FACTORY_HOME, defaulting to ./.factory so a demo never writes outside the cwd."""
-    return Path(os.environ.get("FACTORY_HOME", ".factory")).expanduser().resolve()
+    """FACTORY_HOME, defaulting to ./.factory so a demo never writes outside the cwd.
+
+    FACTORY_HOME may be a URI (s3://bucket/prefix): then only the runs live there (see
+    `runs_location`); models, mixes and evals, which their tools read as local files, stay in ./.factory."""
+    home = os.environ.get("FACTORY_HOME", ".factory")
+    return local_path(".factory" if is_uri(home) else home)
+
+
+def runs_location(home: Path | None = None) -> Path | str:
+    """Where the runs are: FACTORY_STORE (`--store`), else FACTORY_HOME/runs; a local Path or a URI."""
+    store = os.environ.get("FACTORY_STORE")
+    if store:
+        return store.rstrip("/") if is_uri(store) else local_path(store)
+    env_home = os.environ.get("FACTORY_HOME", "")
+    if home is None and is_uri(env_home):
+        return env_home.rstrip("/") + "/runs"
+    return (home or factory_home()) / "runs"
 
 
 def models_dir() -> Path:
@@ -22,7 +48,9 @@ def models_dir() -> Path:
 
 
 def runs_dir() -> Path:
-    return factory_home() / "runs"
+    """The local runs directory (`runs_location` when that is local; stages that read only local runs use it)."""
+    location = runs_location()
+    return location if isinstance(location, Path) else factory_home() / "runs"
 
 
 def recipes_dirs() -> list[Path]:

@@ -46,8 +46,9 @@ def _ray() -> Any:
 class RayExecutor:
     """Runs chunks as Ray tasks and steps as Ray Data pipelines; `workers` CPUs when it starts the cluster."""
 
-    def __init__(self, workers: int | None = None) -> None:
+    def __init__(self, workers: int | None = None, filesystem: Any = None) -> None:
         ray = _ray()
+        self.filesystem = filesystem  # the store's (e.g. S3) filesystem, which the shard paths are on; None: local
         self._started = False
         if not ray.is_initialized():
             address = os.environ.get("RAY_ADDRESS")
@@ -86,27 +87,41 @@ class RayExecutor:
         ray = _ray()
         columns = list(dict.fromkeys(["sample_id", *step.input_columns()]))
         cls, params_json = step_args(step)
-        dataset = ray.data.read_parquet(paths).select_columns(columns).map_batches(
+        dataset = ray.data.read_parquet(paths, filesystem=self.filesystem).select_columns(columns).map_batches(
             _filter_batch, batch_format="pyarrow", fn_kwargs={"cls": cls, "params_json": params_json,
                                                                "todo": ray.put(todo_ids)},
             concurrency=self.workers)
         yield from dataset.iter_batches(batch_size=chunk_rows, batch_format="pyarrow")
 
     # ------------------------------------------------------------ dedup: distributed grouping
-    def group_duplicates(self, step: FilterStep, paths: list[str], candidate_ids: pa.Array, lengths: np.ndarray
-              ) -> list[StepVerdict]:
-        """Dedup verdicts for the candidates (in their order) from LSH buckets grouped by key on the cluster."""
+    def group_duplicates(self, step: Any, paths: list[str], candidate_ids: pa.Array, lengths: np.ndarray
+                         ) -> Iterator[StepVerdict]:
+        """Dedup verdicts for the candidates (in their order) from LSH buckets grouped by key on the cluster.
+
+        The `against_runs` runs' selected samples are one more dataset sketched on the workers and
+        grouped with the run's by exact key and band key; they come first (positions 0..R-1), as
+        in the local Deduplicator, and win their clusters."""
         from verifiers.dedup import _UnionFind, lsh_bands
 
         ray = _ray()
         params = step.params.dedup_params()
         cls, params_json = step_args(step)
         columns = list(dict.fromkeys(["sample_id", *step.input_columns()]))
-        n = len(candidate_ids)
-        sketches = ray.data.read_parquet(paths).select_columns(columns).map_batches(
-            _sketch_batch, batch_format="pyarrow",
-            fn_kwargs={"cls": cls, "params_json": params_json, "candidates": ray.put(candidate_ids)},
-            concurrency=self.workers).materialize()
+        names: list[str] = []
+        ranks: list[tuple[int, str]] = []
+        datasets = []
+        for run, shards, accepted in step.reference_runs():
+            datasets.append(self._sketches(shards, columns, cls, params_json, accepted, len(names), local=True))
+            ref_ids = accepted.to_pylist()
+            names.extend(f"{run}:{sid}" for sid in ref_ids)
+            ranks.extend((0, sid) for sid in ref_ids)
+        n_ref = len(names)
+        datasets.append(self._sketches(paths, columns, cls, params_json, candidate_ids, n_ref))
+        sketches = (datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]).materialize()
+        ids = candidate_ids.to_pylist()
+        names.extend(ids)
+        ranks.extend((int(length), sid) for length, sid in zip(lengths.tolist(), ids))
+        n = len(names)
         # Exact duplicates: group by the exact key; every member points at the group's first sample.
         exact = sketches.select_columns(["pos", "k0", "k1"]).groupby(["k0", "k1"]).map_groups(
             _first_of_group, batch_format="pyarrow")
@@ -123,14 +138,26 @@ class RayExecutor:
             buckets = sketches.map_batches(_band_rows, batch_format="pyarrow",
                                            fn_kwargs={"bands": bands, "rows": rows, "reps": ray.put(reps)})
             pairs = buckets.groupby(["band", "bucket"]).map_groups(
-                _bucket_pairs, batch_format="pyarrow", fn_kwargs={"threshold": params.threshold})
+                _bucket_pairs, batch_format="pyarrow",
+                fn_kwargs={"threshold": params.threshold, "short_text_shingles": params.short_text_shingles})
             for batch in pairs.iter_batches(batch_size=65_536, batch_format="pyarrow"):
                 for a, b in zip(batch.column("a").to_numpy(), batch.column("b").to_numpy()):
                     union.union(int(a), int(b))
                     edges += 1
-        log.info("dedup on ray: %d samples, %d exact duplicates, %d near pairs verified", n,
-                 int((rep != np.arange(n)).sum()), edges)
-        return _dedup_verdicts(union.roots(), rep, candidate_ids.to_pylist(), lengths, sketches)
+        log.info("dedup on ray: %d samples (%d from other runs), %d exact duplicates, %d near pairs verified", n,
+                 n_ref, int((rep != np.arange(n)).sum()), edges)
+        return _dedup_verdicts(union.roots(), rep, names, ranks, n_ref, sketches)
+
+    def _sketches(self, paths: list[str], columns: list[str], cls: type[FilterStep], params_json: str,
+                  wanted: pa.Array, offset: int, *, local: bool = False) -> Any:
+        """Sketch rows (pos = offset + index in `wanted`, exact key, shingles, signature) of the `wanted` samples.
+
+        `local`: the shards are local files (`against_runs` reads local runs), whatever the run's own store is."""
+        ray = _ray()
+        return ray.data.read_parquet(paths, filesystem=None if local else self.filesystem).select_columns(columns).map_batches(
+            _sketch_batch, batch_format="pyarrow",
+            fn_kwargs={"cls": cls, "params_json": params_json, "candidates": ray.put(wanted), "offset": offset},
+            concurrency=self.workers)
 
 
 # ---------------------------------------------------------------- Ray Data functions (run on workers)
@@ -149,7 +176,8 @@ def _filter_batch(batch: pa.Table, cls: type[FilterStep], params_json: str, todo
     })
 
 
-def _sketch_batch(batch: pa.Table, cls: type[FilterStep], params_json: str, candidates: Any) -> pa.Table:
+def _sketch_batch(batch: pa.Table, cls: type[FilterStep], params_json: str, candidates: Any, offset: int = 0
+                  ) -> pa.Table:
     ray = _ray()
     wanted = ray.get(candidates) if isinstance(candidates, ray.ObjectRef) else candidates
     pos = pc.index_in(batch.column("sample_id"), value_set=wanted)
@@ -160,7 +188,7 @@ def _sketch_batch(batch: pa.Table, cls: type[FilterStep], params_json: str, cand
     width = sigs.shape[1] * 4 if sigs.ndim == 2 and sigs.shape[1] else 4
     sig_array = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(batch), [None, pa.py_buffer(sigs.tobytes())]) \
         if sigs.size else pa.array([b"\0" * 4] * len(batch), pa.binary(4))
-    return pa.table({"pos": pos.cast(pa.int64()), "k0": sketch.exact_keys[:, 0], "k1": sketch.exact_keys[:, 1],
+    return pa.table({"pos": pc.add(pos.cast(pa.int64()), offset), "k0": sketch.exact_keys[:, 0], "k1": sketch.exact_keys[:, 1],
                      "shingles": sketch.shingles, "sig": sig_array})
 
 
@@ -188,37 +216,50 @@ def _band_rows(batch: pa.Table, bands: int, rows: int, reps: Any) -> pa.Table:
     parts = []
     for band in range(bands):
         parts.append(pa.table({"band": np.full(len(batch), band, np.int32), "bucket": _band_keys(sigs, rows, band),
-                               "pos": batch.column("pos"), "sig": batch.column("sig")}))
+                               "pos": batch.column("pos"), "k0": batch.column("k0"), "k1": batch.column("k1"),
+                               "shingles": batch.column("shingles"), "sig": batch.column("sig")}))
     return pa.concat_tables(parts) if parts else batch
 
 
-def _bucket_pairs(group: pa.Table, threshold: float) -> pa.Table:
-    """The local LSH's pairs in one bucket (each member with the first and with its predecessor), verified."""
+def _bucket_pairs(group: pa.Table, threshold: float, short_text_shingles: int) -> pa.Table:
+    """The local LSH's pairs in one bucket, verified as it verifies them.
+
+    Members in exact-key order (the local LSH's order of representatives), each paired with the
+    bucket's first and with its predecessor; a pair passes at the local Jaccard threshold for the
+    shingle count of its shorter text."""
+    from verifiers.dedup import pair_thresholds
+
     empty = pa.table({"a": pa.array([], pa.int64()), "b": pa.array([], pa.int64())})
     if group.num_rows < 2:
         return empty
-    order = np.argsort(group.column("pos").to_numpy(), kind="stable")
+    order = np.lexsort((group.column("k1").to_numpy(), group.column("k0").to_numpy()))
     pos = group.column("pos").to_numpy()[order]
+    shingles = group.column("shingles").to_numpy()[order]
     sigs = _signatures(group.column("sig"))[order]
     idx = np.arange(1, len(pos))
     cand = np.concatenate([np.stack([np.zeros_like(idx), idx], 1), np.stack([idx - 1, idx], 1)])
     cand = np.unique(cand, axis=0)
-    similar = (sigs[cand[:, 0]] == sigs[cand[:, 1]]).mean(axis=1) >= threshold
+    need = pair_thresholds(threshold, np.minimum(shingles[cand[:, 0]], shingles[cand[:, 1]]), short_text_shingles)
+    similar = (sigs[cand[:, 0]] == sigs[cand[:, 1]]).mean(axis=1) >= need
     cand = cand[similar]
     return pa.table({"a": pos[cand[:, 0]], "b": pos[cand[:, 1]]}) if len(cand) else empty
 
 
-def _dedup_verdicts(roots: np.ndarray, rep: np.ndarray, ids: list[str], lengths: np.ndarray, sketches: Any
-                    ) -> list[StepVerdict]:
-    """Keeper of each cluster by (length, id, order) as the local Deduplicator picks it."""
+def _dedup_verdicts(roots: np.ndarray, rep: np.ndarray, names: list[str], ranks: list[tuple[int, str]], n_ref: int,
+                    sketches: Any) -> Iterator[StepVerdict]:
+    """Verdicts of the run's samples (positions n_ref..): the keeper of each cluster as the local
+    Deduplicator picks it (other runs' samples first, then length, then id)."""
+    from factory.steps.dedup import step_verdict
+    from verifiers.dedup import DedupVerdict
+
     members: dict[int, list[int]] = {}
     for i, r in enumerate(roots.tolist()):
         members.setdefault(r, []).append(i)
-    keeper_of = np.arange(len(ids))
-    sizes = np.ones(len(ids), np.int64)
+    keeper_of = np.arange(len(names))
+    sizes = np.ones(len(names), np.int64)
     for group in members.values():
         if len(group) > 1:
-            keeper = min(group, key=lambda i: ((int(lengths[i]), ids[i]), ids[i], i))
+            keeper = min(group, key=lambda i: (i >= n_ref, ranks[i], names[i], i))
             keeper_of[group] = keeper
             sizes[group] = len(group)
     clustered = np.flatnonzero(sizes > 1)
@@ -230,17 +271,12 @@ def _dedup_verdicts(roots: np.ndarray, rep: np.ndarray, ids: list[str], lengths:
         for batch in chosen.iter_batches(batch_size=65_536, batch_format="pyarrow"):
             for p, s in zip(batch.column("pos").to_numpy(), _signatures(batch.column("sig"))):
                 sigs[int(p)] = s
-    out = []
-    for i, sid in enumerate(ids):
-        keeper = int(keeper_of[i])
-        detail = {"cluster_id": ids[keeper], "duplicate_of": None if keeper == i else ids[keeper],
-                  "kind": "unique", "similarity": None}
+    for i in range(n_ref, len(names)):
+        keeper, size = int(keeper_of[i]), int(sizes[i])
         if keeper == i:
-            out.append(StepVerdict(True, score=None, detail=detail))
+            yield step_verdict(DedupVerdict(names[i], True, "unique", names[i], None, None, size))
             continue
         same_text = rep[i] == rep[keeper]
-        kind = "exact" if same_text else "near"
+        kind = "reference" if keeper < n_ref else "exact" if same_text else "near"
         similarity = 1.0 if same_text else float((sigs[i] == sigs[keeper]).mean())
-        detail.update(kind=kind, similarity=similarity)
-        out.append(StepVerdict(False, f"duplicate_{kind}", f"duplicate_{kind}: of {ids[keeper]}", similarity, detail))
-    return out
+        yield step_verdict(DedupVerdict(names[i], False, kind, names[keeper], names[keeper], similarity, size))

@@ -253,7 +253,7 @@ class GenerateRecipe(Strict):
     # How `factory filter` runs (not what it decides): processes, where, and its memory budget.
     workers: int | None = Field(default=None, ge=1)   # None = one process per core
     executor: Literal["local", "ray"] = "local"       # ray: the same steps on a Ray cluster (pip install -e ".[ray]")
-    memory_gb: float = Field(default=4.0, gt=0)       # bound on the filter's text in flight
+    memory_gb: float = Field(default=4.0, gt=0)       # bound on the filter's memory (engine.MemoryPlan); dedup spills past it
     output: OutputConfig
     lineage: LineageConfig | None = None
 

@@ -14,6 +14,10 @@ external access, extension installs and autoloading are off, and the
 configuration is locked so no statement can turn them back on. Only a SELECT
 (or an EXPLAIN of one) is run; results leave through `export_sql`, which the
 CLI's `--out` calls, never through SQL.
+
+Runs on an object store (`--store s3://…`) are read by pyarrow (datasets over the
+committed shards, registered with DuckDB), not by DuckDB's httpfs: the connection
+itself still reaches nothing outside the local files it is allowed.
 """
 
 from __future__ import annotations
@@ -29,8 +33,8 @@ import duckdb
 import pyarrow as pa
 
 from factory.errors import FactoryError
-from factory.paths import factory_home
-from factory.store import SAMPLE_SCHEMA, VERDICT_SCHEMA, RunStore, list_runs, visible_shards
+from factory.paths import factory_home, runs_location
+from factory.store import SAMPLE_SCHEMA, VERDICT_SCHEMA, RunStore, list_runs
 
 VIEWS = "samples, verdicts, verdicts_all, runs, mixes, evals"
 EXPORT_FORMATS = (".parquet", ".csv", ".json", ".jsonl")
@@ -51,16 +55,22 @@ def connect(home: Path | None = None) -> duckdb.DuckDBPyConnection:
     home = home or factory_home()
     # No extension is fetched or loaded behind the user's back (read_parquet('https://…') must not install httpfs).
     con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
-    runs = list_runs(home / "runs")
+    runs = list_runs(runs_location(home))
+    remote = [r for r in runs if r.filesystem is not None]
+    runs = [r for r in runs if r.filesystem is None]
     sample_files = [str(p) for r in runs for p in r.sample_shards()]
-    _samples_view(con, runs)
-    verdict_files = [str(p) for r in runs for step in r.verdict_steps() for p in visible_shards(r.verdict_dir(step))]
-    if verdict_files:
+    verdict_files = [str(p) for r in runs for step in r.verdict_steps() for p in r.verdict_shards(step)]
+    if remote:  # a store on S3 &c.: its runs, read through pyarrow
+        _object_store_views(con, remote)
+        runs = remote
+    else:
+        _samples_view(con, runs)
+    if not remote and verdict_files:
         con.execute(
-            "CREATE VIEW verdicts_all AS SELECT regexp_extract(filename, '/runs/([^/]+)/verdicts/', 1) AS run, * EXCLUDE (filename) "
+            "CREATE VIEW verdicts_all AS SELECT regexp_extract(filename, '/([^/]+)/verdicts/[^/]+/[^/]+$', 1) AS run, * EXCLUDE (filename) "
             f"FROM read_parquet({_sql_list(verdict_files)}, filename=true, union_by_name=true)"
         )
-    else:
+    elif not remote:
         empty = VERDICT_SCHEMA.empty_table().add_column(0, "run", pa.array([], pa.string()))
         con.register("_verdicts_empty", empty)
         con.execute("CREATE VIEW verdicts_all AS SELECT * FROM _verdicts_empty")
@@ -76,6 +86,37 @@ def connect(home: Path | None = None) -> duckdb.DuckDBPyConnection:
     _parquet_view(con, "evals", eval_files, None, dataset_from=r"/evals/([^/]+)/results")
     _lock_down(con, sample_files + verdict_files + mix_files + eval_files)
     return con
+
+
+def _object_store_views(con: duckdb.DuckDBPyConnection, runs: list[RunStore]) -> None:
+    """samples and verdicts_all over runs on an object store: pyarrow datasets of their committed shards."""
+    import pyarrow.dataset as ds
+
+    samples, verdicts = [], []
+    for number, run in enumerate(runs):
+        name = run.name.replace("'", "''")
+        shards = run.sample_shards()
+        if shards:
+            con.register(f"_samples_{number}", ds.dataset(shards, schema=SAMPLE_SCHEMA, format="parquet",
+                                                          filesystem=run.filesystem))
+            scan = f"SELECT * FROM _samples_{number}"
+            if not _holds_each_id_once(run, shards):
+                scan += " QUALIFY row_number() OVER (PARTITION BY sample_id ORDER BY created_at) = 1"
+            samples.append(f"({scan})")
+        shards = [s for step in run.verdict_steps() for s in run.verdict_shards(step)]
+        if shards:
+            con.register(f"_verdicts_{number}", ds.dataset(shards, schema=VERDICT_SCHEMA, format="parquet",
+                                                           filesystem=run.filesystem))
+            verdicts.append(f"SELECT '{name}' AS run, * FROM _verdicts_{number}")
+    if samples:
+        con.execute("CREATE VIEW samples AS " + " UNION ALL BY NAME ".join(samples))
+    else:
+        _parquet_view(con, "samples", [], SAMPLE_SCHEMA)
+    if verdicts:
+        con.execute("CREATE VIEW verdicts_all AS " + " UNION ALL ".join(verdicts))
+    else:
+        con.register("_verdicts_empty", VERDICT_SCHEMA.empty_table().add_column(0, "run", pa.array([], pa.string())))
+        con.execute("CREATE VIEW verdicts_all AS SELECT * FROM _verdicts_empty")
 
 
 def _lock_down(con: duckdb.DuckDBPyConnection, store_files: list[str]) -> None:
@@ -117,7 +158,7 @@ def _holds_each_id_once(run: RunStore, shards: list[str]) -> bool:
 
     try:
         counts = run.read_manifest().get("counts") or {}
-        rows = sum(pq.read_metadata(shard).num_rows for shard in shards)
+        rows = sum(pq.read_metadata(shard, filesystem=run.filesystem).num_rows for shard in shards)
     except (FactoryError, OSError, pa.ArrowException):
         return False
     distinct = counts.get("unique_sample_ids", counts.get("samples"))  # replay imports count distinct ids as samples
@@ -275,8 +316,7 @@ def _runs_table(runs) -> pa.Table:
     for run in runs:
         manifest = run.read_manifest()
         teacher = manifest.get("teacher") or {}
-        filtered = (run.root / "filter_report.json").exists()
-        report = json.loads((run.root / "filter_report.json").read_text()) if filtered else {}
+        report = run.read_json("filter_report.json") or {}
         rows.append({
             "run": run.name,
             "recipe": manifest.get("recipe_name"),
@@ -289,7 +329,7 @@ def _runs_table(runs) -> pa.Table:
             "selected": report.get("selected"),
             "created_at": manifest.get("created_at"),
             "updated_at": manifest.get("updated_at"),
-            "path": str(run.root),
+            "path": run.location,
         })
     schema = pa.schema([("run", pa.string()), ("recipe", pa.string()), ("recipe_hash", pa.string()), ("teacher_role", pa.string()),
                         ("backend", pa.string()), ("model", pa.string()), ("seed", pa.int64()), ("samples", pa.int64()),

@@ -11,6 +11,12 @@ A shard is written under a hidden temporary name, fsynced, then renamed, so a
 reader (or a resumed writer) never sees a partial shard. The directory listing,
 not the manifest, is the source of truth for which shards exist: a crash
 between the rename and the manifest update loses nothing.
+
+A run may also live on an object store or any pyarrow/fsspec filesystem
+(``--store s3://bucket/prefix``): `factory.object_store.ObjectRunStore` keeps this
+layout there, with commit markers instead of renames and a lease object instead of
+flock. Callers go through the store's methods (`parquet_file`, `read_table`,
+`verdict_shards`, `write_json`, ...), never through paths, and work on either.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from factory.errors import StoreError
-from factory.paths import runs_dir
+from factory.paths import is_uri, runs_location
 from factory.text import escape_surrogates_in
 
 log = logging.getLogger(__name__)
@@ -176,12 +182,60 @@ class RunStore:
     root: Path
 
     @classmethod
-    def for_dataset(cls, dataset: str, base: Path | None = None) -> "RunStore":
-        return cls((base or runs_dir()) / dataset)
+    def for_dataset(cls, dataset: str, base: Path | str | None = None) -> "RunStore":
+        base = base if base is not None else runs_location()
+        if is_uri(base):
+            from factory.object_store import ObjectRunStore, join_uri
+
+            return ObjectRunStore.at(join_uri(str(base), dataset))
+        return cls(Path(base) / dataset)
 
     @property
     def name(self) -> str:
         return self.root.name
+
+    # ---------------------------------------------------------------- where it is (local here; see object_store)
+    filesystem: Any = None  # the pyarrow filesystem shard paths are on; None: local paths
+
+    @property
+    def location(self) -> str:
+        """The run's place as a user would write it (a path, or a URI for an object store)."""
+        return str(self.root)
+
+    def prepare(self) -> None:
+        """Make the run's directory (a new run)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def occupied(self) -> bool:
+        """Anything at this run's place (a run, or a name another writer is about to use)."""
+        return self.root.exists()
+
+    def stray_content(self) -> bool:
+        """Files here but no manifest: not a factory run."""
+        return self.root.exists() and any(self.root.iterdir())
+
+    def sibling(self, name: str) -> "RunStore":
+        return type(self)(self.root.parent / name)
+
+    def parquet_file(self, path: str | Path) -> pq.ParquetFile:
+        return pq.ParquetFile(path)
+
+    def read_table(self, path: str | Path, columns: Sequence[str] | None = None) -> pa.Table:
+        return pq.read_table(path, columns=list(columns) if columns is not None else None)
+
+    def write_json(self, name: str, data: Any) -> None:
+        """A small document beside the run's data (filter_report.json), replaced atomically."""
+        write_json_atomically(data, self.root / name)
+
+    def read_json(self, name: str) -> Any:
+        """A document written by `write_json`, or None when there is none."""
+        try:
+            return json.loads((self.root / name).read_text())
+        except FileNotFoundError:
+            return None
+
+    def manifest_mtime(self) -> float:
+        return self.manifest_path.stat().st_mtime
 
     @property
     def samples_dir(self) -> Path:
@@ -246,7 +300,7 @@ class RunStore:
         try:
             return json.loads(self.manifest_path.read_text())
         except FileNotFoundError:
-            raise StoreError(f"{self.root}: no run here (no manifest.json); run `factory generate` first") from None
+            raise StoreError(f"{self.location}: no run here (no manifest.json); run `factory generate` first") from None
         except json.JSONDecodeError as exc:
             raise StoreError(f"{self.manifest_path}: unreadable manifest ({exc.msg} at line {exc.lineno})") from None
 
@@ -281,22 +335,23 @@ class RunStore:
     def read_column(self, column: str) -> list[Any]:
         values: list[Any] = []
         for shard in self.sample_shards():
-            values.extend(_read_sample_shard(shard, [column]).column(column).to_pylist())
+            values.extend(_read_sample_shard(shard, [column], self.filesystem).column(column).to_pylist())
         return values
 
     def read_samples(self, columns: Sequence[str] | None = None) -> pa.Table:
         shards = self.sample_shards()
         if not shards:
             return SAMPLE_SCHEMA.empty_table() if columns is None else SAMPLE_SCHEMA.empty_table().select(list(columns))
-        return pa.concat_tables([_read_sample_shard(s, columns) for s in shards])
+        return pa.concat_tables([_read_sample_shard(s, columns, self.filesystem) for s in shards])
 
     def iter_sample_batches(self, columns: Sequence[str] | None = None, batch_size: int = 4096) -> Iterable[pa.RecordBatch]:
         for shard in self.sample_shards():
             wanted = list(columns) if columns else SAMPLE_SCHEMA.names
-            if set(wanted) <= set(pq.read_schema(shard).names):
-                yield from pq.ParquetFile(shard).iter_batches(batch_size=batch_size, columns=wanted)
+            parquet = self.parquet_file(shard)
+            if set(wanted) <= set(parquet.schema_arrow.names):
+                yield from parquet.iter_batches(batch_size=batch_size, columns=wanted)
             else:  # an older shard: a shard is one flush, so reading it whole stays bounded
-                yield from _read_sample_shard(shard, columns).to_batches(max_chunksize=batch_size)
+                yield from _read_sample_shard(shard, columns, self.filesystem).to_batches(max_chunksize=batch_size)
 
     # ---------------------------------------------------------------- verdicts
     def verdict_dir(self, step: str) -> Path:
@@ -311,12 +366,16 @@ class RunStore:
         write_parquet_atomically(table, target)
         return target
 
+    def verdict_shards(self, step: str) -> list[Path]:
+        """A step's complete verdict shards, in sequence order (the latest last)."""
+        return visible_shards(self.verdict_dir(step))
+
     def read_verdicts(self, step: str) -> pa.Table:
         """All verdict rows of a step, latest last (shards are sequence-ordered)."""
-        shards = visible_shards(self.verdict_dir(step))
+        shards = self.verdict_shards(step)
         if not shards:
             return VERDICT_SCHEMA.empty_table()
-        return pa.concat_tables([pq.read_table(s) for s in shards])
+        return pa.concat_tables([self.read_table(s) for s in shards])
 
     def latest_verdicts(self, step: str) -> dict[str, dict[str, Any]]:
         """sample_id → its most recent verdict row for `step`."""
@@ -376,37 +435,57 @@ def _describe_holder(holder: dict[str, Any]) -> str:
             f"since {str(holder.get('since', '?'))[:19]})")
 
 
-def _read_sample_shard(shard: Path, columns: Sequence[str] | None) -> pa.Table:
+def _read_sample_shard(shard: Path | str, columns: Sequence[str] | None, filesystem: Any = None) -> pa.Table:
     """One shard in today's schema: columns added since it was written come back as nulls."""
     wanted = list(columns) if columns else SAMPLE_SCHEMA.names
-    present = set(pq.read_schema(shard).names)
+    present = set(pq.read_schema(shard, filesystem=filesystem).names)
     missing = [c for c in wanted if c not in present]
     if not missing:
-        return pq.read_table(shard, columns=wanted)
+        return pq.read_table(shard, columns=wanted, filesystem=filesystem)
     unknown = [c for c in missing if c not in _LATER_COLUMNS]
     if unknown:
         raise StoreError(f"{shard}: no column {unknown[0]!r}; expected a sample shard of this store")
-    table = pq.read_table(shard, columns=[c for c in wanted if c in present])
+    table = pq.read_table(shard, columns=[c for c in wanted if c in present], filesystem=filesystem)
     for column in missing:
         field = SAMPLE_SCHEMA.field(column)
         table = table.append_column(field, pa.nulls(table.num_rows, field.type))
     return table.select(wanted)
 
 
-def list_runs(base: Path | None = None) -> list[RunStore]:
-    base = base or runs_dir()
+def list_runs(base: Path | str | None = None) -> list[RunStore]:
+    base = base if base is not None else runs_location()
+    if is_uri(base):
+        from factory.object_store import list_object_runs
+
+        return list_object_runs(str(base))
+    base = Path(base)
     if not base.exists():
         return []
     # Dot-directories are imports being staged, not runs (yet).
     return [RunStore(p) for p in sorted(base.iterdir()) if not p.name.startswith(".") and (p / "manifest.json").exists()]
 
 
-def open_run(name: str | None, base: Path | None = None) -> RunStore:
-    """The run a command names, or the only/most recent one when none is named."""
-    base = base or runs_dir()
+def open_run(name: str | None, base: Path | str | None = None, *, local_only: str | None = None) -> RunStore:
+    """The run a command names (a name, a path or a URI), or the only/most recent one when none is named.
+
+    `local_only`: the command (card, export, view), which reads runs on local disk only."""
+    store = _open_run(name, base)
+    if local_only and store.filesystem is not None:
+        raise StoreError(f"factory {local_only}: reads runs on local disk only, and run '{store.name}' is at "
+                         f"{store.location}; copy it to a local --store first")
+    return store
+
+
+def _open_run(name: str | None, base: Path | str | None) -> RunStore:
+    base = base if base is not None else runs_location()
     if name:
-        path = Path(name)
-        store = RunStore(path) if (path / "manifest.json").exists() else RunStore(base / name)
+        if is_uri(name):
+            from factory.object_store import ObjectRunStore
+
+            store = ObjectRunStore.at(name)
+        else:
+            path = Path(name)
+            store = RunStore(path) if (path / "manifest.json").exists() else RunStore.for_dataset(name, base)
         if not store.exists():
             known = ", ".join(r.name for r in list_runs(base)) or "none yet"
             raise StoreError(f"--run {name}: no such run in {base} (known: {known})")
@@ -414,4 +493,4 @@ def open_run(name: str | None, base: Path | None = None) -> RunStore:
     runs = list_runs(base)
     if not runs:
         raise StoreError(f"no runs in {base}: run `factory generate --recipe cold_start` first")
-    return max(runs, key=lambda r: r.manifest_path.stat().st_mtime)
+    return max(runs, key=lambda r: r.manifest_mtime())

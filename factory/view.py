@@ -162,7 +162,7 @@ def run_view(run: str | None = None, *, host: str = "127.0.0.1", port: int = 876
     from factory.sql import connect
     from factory.store import open_run
 
-    store = open_run(run)  # a bad --run is one line before anything listens
+    store = open_run(run, local_only="view")  # a bad --run is one line before anything listens
     if not 0 <= port <= 65535:
         raise FactoryError(f"--port: expected 0-65535, got {port}")
     try:

@@ -598,6 +598,36 @@ def test_pool_recovers_when_its_test_server_is_killed(pool):
 
 
 @needs_sandbox
+def test_modules_the_zygote_does_not_preload_and_site_builtins_work_inside_the_sandbox(pool):
+    # The zygote preloads only what programs commonly import; the rest (threading
+    # among them) must still import from the sandbox's read-only root.
+    program = src("""
+        import dataclasses, datetime, fractions, hashlib, inspect, queue, statistics, threading
+        @dataclasses.dataclass
+        class Point:
+            x: int
+        def f(n):
+            results = queue.Queue()
+            worker = threading.Thread(target=lambda: results.put(Point(n).x * 2))
+            worker.start()
+            worker.join()
+            return (results.get(), str(fractions.Fraction(n, 4)), statistics.mean([n, n + 2]),
+                    hashlib.md5(b'x').hexdigest()[:4], datetime.date(2024, 1, n).day, inspect.isfunction(f))
+        """)
+    verdict = pool.run_tests(program, asserts(["assert f(2) == (4, '1/2', 3, '9dd4', 2, True)"]))
+    assert verdict.passed, verdict
+    # It runs without site (python -S), yet programs get what site gives them:
+    # exit()/quit()/help in builtins and the venv's packages on sys.path.
+    stdio = pool.run_tests("import numpy\nprint(numpy.int64(6) * 7)\nexit(0)\nprint('after exit')\n",
+                           CodeTests.stdio([("", "42\n")]))
+    assert stdio.passed, stdio
+    assert pool.run_tests("import builtins\ndef f():\n    return callable(builtins.quit) and callable(help)\n",
+                          asserts(["assert f() is True"])).passed
+    # ... and the sys.argv of `python -c`, not the zygote's own arguments.
+    assert pool.run_tests("import sys\ndef f():\n    return sys.argv\n", asserts(["assert f() == ['-c']"])).passed
+
+
+@needs_sandbox
 def test_numpy_results_compare_as_plain_data(pool):
     program = src("""
         import numpy as np
@@ -626,6 +656,29 @@ def test_pool_survives_a_worker_dying_idle_or_mid_job():
             verdicts = batch.result(timeout=60)
     assert verdicts[0].status == "error" and "worker died" in verdicts[0].detail
     assert verdicts[1].passed
+
+
+@needs_sandbox
+def test_pool_survives_its_zygote_dying():
+    tests = asserts(["assert f(1) == 1"])
+    good = "def f(x):\n    return x\n"
+    with SandboxPool(1) as one:
+        assert one.run_tests(good, tests).passed
+        worker = psutil.Process(one.workers[0].proc.pid)
+        zygotes = [p for p in worker.children() if "verifiers.code.zygote" in " ".join(p.cmdline())]
+        assert len(zygotes) == 1  # the process that forks every program of the slot
+        zygotes[0].kill()
+        for _ in range(500):  # dead once it is a zombie (the worker reaps it later)
+            try:
+                if zygotes[0].status() == psutil.STATUS_ZOMBIE:
+                    break
+            except psutil.NoSuchProcess:
+                break
+            time.sleep(0.01)
+        verdicts = one.run_batch([(good, tests)] * 3)
+        # The job that found it dead is an error at worst; the pool then replaces the worker.
+        assert all(v.passed or (v.status == "error" and "died" in v.detail) for v in verdicts), verdicts
+        assert verdicts[-1].passed and one.run_tests(good, tests).passed
 
 
 # --------------------------------------------------------------------------- issue 18: one test per class

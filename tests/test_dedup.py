@@ -306,3 +306,41 @@ def test_verdicts_do_not_depend_on_arrival_order_or_chunking() -> None:
         order = list(range(len(items)))
         random.Random(seed).shuffle(order)
         assert verdicts(order, chunk) == expected, (seed, chunk)
+
+
+def test_spilled_state_gives_the_in_memory_verdicts(tmp_path: Path) -> None:
+    """A state budget of one byte: signatures, band keys and ranks go to Parquet from the first batch,
+    pairs are verified in small batches, and the verdicts (near clusters spanning chunks, exact copies,
+    reference items) equal the in-memory ones whatever the order and chunking."""
+    texts = _gsm8k_texts(5)
+    items: list[tuple[str, str]] = []
+    for b, text in enumerate(texts):
+        items.append((f"b{b}", text))
+        for k in range(10):
+            edited = _edit_words(text, random.Random(k).choice([0.1, 0.2, 0.3]), 100 * b + k)
+            items.append((f"b{b}e{k}", edited))
+            if k % 3 == 0:
+                items.append((f"b{b}e{k}x", edited.upper()))
+    reference = [("ref:0", texts[0]), ("ref:1", _edit_words(texts[1], 0.1, 7))]
+    params = DedupParams()
+
+    def verdicts(order: list[int], chunk: int, **spill) -> tuple[dict[str, tuple], Deduplicator]:
+        dedup = Deduplicator(params, **spill)
+        dedup.add([i for i, _ in reference], sketch_batch([t for _, t in reference], params), reference=True)
+        chosen = [items[i] for i in order]
+        for s in range(0, len(chosen), chunk):
+            part = chosen[s:s + chunk]
+            dedup.add([i for i, _ in part], sketch_batch([t for _, t in part], params), [(len(t), i) for i, t in part])
+        got = {v.id: (v.kept, v.kind, v.cluster_id, v.similarity, v.cluster_size) for v in dedup.iter_resolve()}
+        return got, dedup
+
+    expected, memory = verdicts(list(range(len(items))), 16)
+    assert not memory.spilled and memory.spilled_bytes == 0
+    assert {kind for _, kind, *_ in expected.values()} == {"unique", "exact", "near", "reference"}
+    for seed, chunk in enumerate([5, 16, 1000]):
+        order = list(range(len(items)))
+        random.Random(seed).shuffle(order)
+        got, spilled = verdicts(order, chunk, spill_dir=tmp_path / "spill", max_state_bytes=1)
+        assert spilled.spilled and spilled.spilled_bytes > 0
+        assert got == expected, (seed, chunk)
+    assert not list((tmp_path / "spill").iterdir())  # the spill file is removed once resolved

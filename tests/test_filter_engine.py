@@ -4,8 +4,10 @@ added through the registry, and the candidate rules read from declared step prop
 from __future__ import annotations
 
 import json
+import logging
 import random
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +110,22 @@ def test_streaming_engine_gives_the_in_memory_engines_verdicts_on_a_replayed_run
     report = json.loads((replayed_run / "filter_report.json").read_text())
     assert report["workers"] == 2 and report["generated"] == 3_000
     assert report["selected"] == sum(1 for (_, step), (p, _) in got.items() if step == "selection" and p)
+
+
+@pytest.mark.parametrize("policy", ["longest", "random", "diverse"])
+def test_every_selection_policy_matches_the_in_memory_engine(replay_home: Path, tmp_path: Path, policy: str) -> None:
+    """Selection ranks with one Arrow sort (and reads diverse texts a batch of prompts at a time, many
+    batches under a tiny memory_gb): the same verdicts as the engine that ranked Python rows."""
+    write_traces(tmp_path, 400)
+    recipe = replay_recipe(tmp_path, extra="memory_gb: 0.002\n")
+    recipe.write_text(recipe.read_text().replace("selection: {k: 2, policy: shortest}", f"selection: {{k: 2, policy: {policy}}}"))
+    run_cli("generate", "--recipe", str(recipe), "--quiet", home=replay_home)
+    run_dir = replay_home / "runs" / "replayed"
+    expected = legacy_verdicts(run_dir, tmp_path)
+    run_cli("filter", "--run", "replayed", "--quiet", "--workers", "1", home=replay_home)
+    got = latest_verdicts(run_dir)
+    assert got == expected
+    assert sum(1 for (_, step), (passed, _) in got.items() if step == "selection" and not passed) > 10
 
 
 def test_rerun_reuses_every_verdict_and_one_worker_agrees(replayed_run: Path) -> None:
@@ -233,6 +251,31 @@ def test_step_settings_are_typed_and_hash_their_validated_values() -> None:
         STEPS["dedup"].from_config({"threshold": 1.5})
 
 
+def test_selection_can_close_the_filters_list(replay_home: Path, tmp_path: Path) -> None:
+    """`{step: selection, k, policy}` as the last filter is the selection's settings (counted in the
+    report like a step); anywhere else, or with a bad setting, it is a recipe error at its line."""
+    from factory.errors import RecipeError
+    from factory.filter import run_filter
+    from factory.recipe import load_recipe
+
+    write_traces(tmp_path, 200)
+    recipe = replay_recipe(tmp_path)
+    recipe.write_text(recipe.read_text().replace("ngram: 2}]", "ngram: 2}, {step: selection, k: 1, policy: longest}]"))
+    run_cli("generate", "--recipe", str(recipe), "--quiet", home=replay_home)
+    report = run_filter("replayed", progress=False, workers=1)
+    assert "selection" not in [s.step for s in report.steps]
+    assert report.selection is not None and report.selection.passed == report.selected > 0
+    assert report.selection.candidates == report.selection.passed + report.selection.rejected
+    assert report.selected == report.prompts_with_selection  # k: 1 from the filters entry, not the block's k: 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(recipe.read_text().replace("filters: [{step: format}, ", "filters: [{step: selection}, {step: format}, "))
+    with pytest.raises(RecipeError, match=r"filters\[0\]\.step: selection must be the last filter"):
+        load_recipe(str(bad))
+    bad.write_text(recipe.read_text().replace("k: 1, policy: longest", "k: 0"))
+    with pytest.raises(RecipeError, match=r"filters\[6\]\.k: "):
+        load_recipe(str(bad))
+
+
 # ---------------------------------------------------------------- mix
 def test_mix_drops_exact_duplicates_across_runs_and_says_how_many(replay_home: Path, tmp_path: Path) -> None:
     """The same traces imported as two runs: the second run's curated samples are all duplicates."""
@@ -261,6 +304,57 @@ def test_mix_drops_exact_duplicates_across_runs_and_says_how_many(replay_home: P
     assert pq.read_metadata(replay_home / "datasets" / "m" / "data" / "part-00000.parquet").num_rows == 2 * curated
 
 
+def peak_tree_rss(proc: subprocess.Popen[str]) -> int:
+    """Largest summed RSS of a process and its descendants, sampled every 50 ms until it exits."""
+    import time
+
+    import psutil
+
+    root, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        try:
+            total = 0
+            for p in [root, *root.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            peak = max(peak, total)
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    return peak
+
+
+def test_a_run_of_long_texts_stays_under_its_memory_setting(replay_home: Path, tmp_path: Path) -> None:
+    """`memory_gb: 1` on 1,500 traces of ~78K characters (~120 MB of text; every step, dedup included):
+    the whole process tree of `factory filter` stays under 1 GiB (the chunks sized for the text alone,
+    as before this bound, took ~1.16 GB here)."""
+    import os
+    import sys
+
+    traces = write_traces(tmp_path, 1_500)
+    rng = random.Random(5)
+    rows = [json.loads(line) for line in traces.read_text().splitlines()]
+    for row in rows:
+        filler = "\n\n".join(" ".join(f"Step {rng.randint(1, 10**6)} carries the digit." for _ in range(25))
+                              for _ in range(100))
+        row["generation"] = row["generation"].replace("<think>\n", "<think>\n" + filler + "\n", 1)
+    traces.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = replay_recipe(tmp_path)
+    recipe.write_text(recipe.read_text().replace("output:", "memory_gb: 1.0\noutput:"))
+    run_cli("generate", "--recipe", str(recipe), "--quiet", home=replay_home)
+    env = {**os.environ, "FACTORY_HOME": str(replay_home)}
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "filter", "--run", "replayed", "--quiet", "--workers", "2"],
+                            cwd=Path(__file__).resolve().parents[1], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    peak = peak_tree_rss(proc)
+    assert proc.wait() == 0, proc.stderr.read()[-2000:] if proc.stderr else ""
+    report = json.loads((replay_home / "runs" / "replayed" / "filter_report.json").read_text())
+    assert {s["step"]: s["candidates"] for s in report["steps"]}["dedup"] > 500  # every step saw the long texts
+    assert peak < 2**30, f"peak RSS of the process tree {peak / 2**20:.0f} MiB > memory_gb 1.0"
+
+
 # ---------------------------------------------------------------- Ray
 def test_ray_executor_on_a_local_cluster_gives_the_local_verdicts(replayed_run: Path, tmp_path: Path) -> None:
     ray = pytest.importorskip("ray", reason='the Ray executor is an optional extra: pip install -e ".[ray]"')
@@ -278,6 +372,98 @@ def test_ray_executor_on_a_local_cluster_gives_the_local_verdicts(replayed_run: 
         assert all(s.computed == 0 for s in again.steps)
     finally:
         ray.shutdown()
+
+
+def test_ray_dedup_against_other_runs_gives_the_local_verdicts(replay_home: Path, tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """dedup `against_runs` on Ray: the other run's selected samples are one more dataset grouped by key
+    with this run's (no gather), and the verdicts equal the local executor's."""
+    ray = pytest.importorskip("ray", reason='the Ray executor is an optional extra: pip install -e ".[ray]"')
+    from factory.filter import run_filter
+
+    write_traces(tmp_path, 600)
+    run_cli("generate", "--recipe", str(replay_recipe(tmp_path, "first")), "--quiet", home=replay_home)
+    run_cli("filter", "--run", "first", "--quiet", home=replay_home)
+    # The second run replays the same traces (every selected sample of the first is in it) and more.
+    write_traces(tmp_path, 900)
+    second = replay_recipe(tmp_path, "second")
+    second.write_text(second.read_text().replace("{step: dedup, threshold: 0.6, ngram: 2}",
+                                                 "{step: dedup, threshold: 0.6, ngram: 2, against_runs: [first]}"))
+    run_cli("generate", "--recipe", str(second), "--quiet", home=replay_home)
+    run_dir = replay_home / "runs" / "second"
+    local_copy = tmp_path / "local-copy" / "second"
+    shutil.copytree(run_dir, local_copy)
+    run_filter(str(local_copy), progress=False, workers=2)
+    expected = latest_verdicts(local_copy)
+    assert sum(1 for (_, step), (_, code) in expected.items() if code == "duplicate_reference") > 0
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        with caplog.at_level(logging.INFO, logger="factory.ray_executor"):
+            run_filter("second", progress=False, executor="ray")
+    finally:
+        ray.shutdown()
+    grouped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("dedup on ray")]
+    assert grouped and "from other runs" in grouped[0] and "(0 from other runs)" not in grouped[0]
+    assert latest_verdicts(run_dir) == expected
+    details = {tuple(r.values()) for r in pq.read_table(run_dir / "verdicts" / "dedup", columns=["sample_id", "detail"]).to_pylist()}
+    local_details = {tuple(r.values()) for r in pq.read_table(local_copy / "verdicts" / "dedup", columns=["sample_id", "detail"]).to_pylist()}
+    assert details == local_details  # the same keeper, kind and similarity for every sample
+
+
+def test_ray_buckets_verify_the_pairs_the_local_lsh_verifies() -> None:
+    """A bucket on the cluster pairs its members in exact-key order and checks the short-text threshold,
+    as the local LSH does: the verified pairs are the same (big buckets of short, similar texts)."""
+    from factory.ray_executor import _bucket_pairs
+    from verifiers.dedup import (
+        DedupParams,
+        _band_keys,
+        _candidate_pairs,
+        _jaccard_estimates,
+        lsh_bands,
+        pair_thresholds,
+        sketch_batch,
+    )
+
+    rng = random.Random(3)
+    vocabulary = [f"w{i}" for i in range(300)]
+    texts = set()
+    for _ in range(30):  # short texts (higher thresholds) in clusters of copies edited more and more
+        base = [rng.choice(vocabulary) for _ in range(rng.randint(10, 60))]
+        for edits in range(12):
+            copy = list(base)
+            for _ in range(edits):
+                copy[rng.randrange(len(copy))] = rng.choice(vocabulary)
+            texts.add(" ".join(copy))
+    texts = sorted(texts)
+    params = DedupParams()
+    sketch = sketch_batch(texts, params)
+    keys = sketch.exact_keys
+    order = np.lexsort((keys[:, 1], keys[:, 0]))          # the local representatives' (exact-key) order
+    sigs, shingles = sketch.signatures[order], sketch.shingles[order]
+    keep = shingles > 0
+    sigs, shingles = sigs[keep], shingles[keep]
+    pos = np.array(rng.sample(range(10**6), len(sigs)))  # arrival positions: not the key order
+    bands, rows = lsh_bands(params.threshold, params.num_perm)
+    pairs = _candidate_pairs(sigs, bands, rows)
+    need = pair_thresholds(params.threshold, np.minimum(shingles[pairs[:, 0]], shingles[pairs[:, 1]]))
+    local = {tuple(sorted(p)) for p in pos[pairs[_jaccard_estimates(sigs, pairs) >= need]].tolist()}
+    # The same rows, shuffled, grouped by (band, bucket) as Ray's groupby hands them over.
+    k = keys[order][keep]
+    width = pa.binary(4 * params.num_perm)
+    on_cluster: set[tuple[int, int]] = set()
+    shuffled = rng.sample(range(len(pos)), len(pos))
+    for band in range(bands):
+        buckets = _band_keys(sigs, rows, band)
+        for bucket in np.unique(buckets):
+            members = [i for i in shuffled if buckets[i] == bucket]
+            if len(members) < 2:
+                continue
+            group = pa.table({"pos": pos[members], "k0": k[members, 0], "k1": k[members, 1], "shingles": shingles[members],
+                              "sig": pa.FixedSizeBinaryArray.from_buffers(width, len(members),
+                                                                          [None, pa.py_buffer(sigs[members].tobytes())])})
+            found = _bucket_pairs(group, params.threshold, params.short_text_shingles)
+            on_cluster |= {tuple(sorted(p)) for p in zip(found.column("a").to_pylist(), found.column("b").to_pylist())}
+    assert len(local) > 50 and on_cluster == local
 
 
 def test_ray_filter_killed_at_random_points_resumes_to_the_same_verdicts(replay_home: Path, tmp_path: Path) -> None:
@@ -310,18 +496,25 @@ def test_ray_filter_killed_at_random_points_resumes_to_the_same_verdicts(replay_
     assert latest_verdicts(run_dir) == latest_verdicts(local_copy)
 
 
-def test_a_small_memory_setting_means_small_chunks_and_the_same_verdicts(replayed_run: Path, tmp_path: Path) -> None:
+def test_a_small_memory_setting_means_small_chunks_spilled_dedup_state_and_the_same_verdicts(
+        replayed_run: Path, tmp_path: Path) -> None:
+    from factory.engine import plan_memory
     from factory.filter import _batch_sizes, run_filter
     from factory.store import RunStore
 
     store = RunStore(replayed_run)
-    assert _batch_sizes(store, 4.0, 2)[1] == 2048 and _batch_sizes(store, 0.002, 2)[1] == 64
+    assert _batch_sizes(plan_memory(4.0, 2, 3_000, 200 * 2**20), store)[1] == 2048
+    assert _batch_sizes(plan_memory(0.002, 2, 3_000, 200 * 2**20), store)[1] == 64
+    assert plan_memory(0.5, 8, 3_000, 200 * 2**20).workers < 8  # workers that would not fit are not started
     default_copy = tmp_path / "default-copy" / "replayed"
     shutil.copytree(replayed_run, default_copy)
-    run_filter(str(default_copy), progress=False, workers=2)
+    default = run_filter(str(default_copy), progress=False, workers=2)
+    assert {s.step: s.spilled_bytes for s in default.steps}["dedup"] == 0
     small = tmp_path / "replayed.yaml"
     small.write_text(small.read_text().replace("output:", "memory_gb: 0.002\noutput:"))
-    run_filter("replayed", recipe=str(small), progress=False, workers=2)
+    report = run_filter("replayed", recipe=str(small), progress=False, workers=2)
     assert latest_verdicts(replayed_run) == latest_verdicts(default_copy)
+    assert {s.step: s.spilled_bytes for s in report.steps}["dedup"] > 0  # its state went to Parquet
+    assert not (replayed_run / ".spill" / "dedup").exists()  # and the spill was cleared
     format_shards = visible_shards(replayed_run / "verdicts" / "format")
     assert len(format_shards) == -(-3_000 // 64)  # one verdict shard per 64-sample chunk

@@ -26,17 +26,22 @@ signatures in worker processes for large inputs.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import unicodedata
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
-from typing import Any, Iterable, Literal, Sequence
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import xxhash
 
 __all__ = [
@@ -470,23 +475,29 @@ def _candidate_pairs(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
 
     Not every pair of a bucket is compared, so which pairs are depends on the row order within
     a bucket (stable sort): callers pass rows in an order that is a function of their content."""
-    found: list[np.ndarray] = []
-    for band in range(bands):
-        keys = _band_keys(sigs, rows, band)
-        order = np.argsort(keys, kind="stable")
-        sk = keys[order]
-        same = np.flatnonzero(sk[1:] == sk[:-1]) + 1          # positions continuing a bucket
-        if not len(same):
-            continue
-        new_bucket = np.ones(len(sk), bool)
-        new_bucket[same] = False
-        bucket_first = np.maximum.accumulate(np.where(new_bucket, np.arange(len(sk)), 0))
-        found.append(np.stack([order[bucket_first[same]], order[same]], axis=1))
-        found.append(np.stack([order[same - 1], order[same]], axis=1))
+    found = [_bucket_pairs(_band_keys(sigs, rows, band)) for band in range(bands)]
+    return _unique_pairs(found)
+
+
+def _bucket_pairs(keys: np.ndarray) -> np.ndarray:
+    """The pairs of one band: rows with equal ``keys``, each with its bucket's first and its predecessor."""
+    order = np.argsort(keys, kind="stable")
+    sk = keys[order]
+    same = np.flatnonzero(sk[1:] == sk[:-1]) + 1          # positions continuing a bucket
+    if not len(same):
+        return np.zeros((0, 2), np.int64)
+    new_bucket = np.ones(len(sk), bool)
+    new_bucket[same] = False
+    bucket_first = np.maximum.accumulate(np.where(new_bucket, np.arange(len(sk)), 0))
+    return np.concatenate([np.stack([order[bucket_first[same]], order[same]], axis=1),
+                           np.stack([order[same - 1], order[same]], axis=1)])
+
+
+def _unique_pairs(found: Sequence[np.ndarray]) -> np.ndarray:
+    found = [f for f in found if len(f)]
     if not found:
         return np.zeros((0, 2), np.int64)
-    pairs = np.concatenate(found)
-    pairs = np.sort(pairs, axis=1)
+    pairs = np.sort(np.concatenate(found), axis=1)
     pairs = pairs[pairs[:, 0] != pairs[:, 1]]
     return np.unique(pairs, axis=0)
 
@@ -574,16 +585,27 @@ class Deduplicator:
     """Streaming deduplication: ``add`` sketches batch by batch, then ``resolve`` once.
 
     Memory is what the sketches take (~530 bytes a text at 128 permutations plus its id
-    and rank); texts are never kept.
+    and rank); texts are never kept. With ``spill_dir`` and ``max_state_bytes``, state over
+    that budget goes to a Parquet file in ``spill_dir`` (signatures, LSH band keys and ranks:
+    ~830 bytes a text at 128 permutations) and memory keeps ~40 bytes a text (exact key,
+    shingle count, reference flag, cluster arrays) plus the ids as Arrow strings. Resolving
+    then reads one band-key column at a time and the signatures of candidate pairs in
+    batches sized by the budget. The verdicts are the same either way.
     """
 
     params: DedupParams = field(default_factory=DedupParams)
+    spill_dir: str | os.PathLike[str] | None = None
+    max_state_bytes: int | None = None
     _ids: list[str] = field(default_factory=list, init=False)
     _ranks: list[tuple] = field(default_factory=list, init=False)
     _reference: list[np.ndarray] = field(default_factory=list, init=False)
     _keys: list[np.ndarray] = field(default_factory=list, init=False)
     _sigs: list[np.ndarray] = field(default_factory=list, init=False)
     _shingles: list[np.ndarray] = field(default_factory=list, init=False)
+    _state_bytes: int = field(default=0, init=False)
+    _spill: _StateSpill | None = field(default=None, init=False)
+    _id_chunks: list[pa.Array] = field(default_factory=list, init=False)   # ids once spilled
+    spilled_bytes: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         self.params.validate()
@@ -592,29 +614,76 @@ class Deduplicator:
             reference: bool = False) -> None:
         if len(ids) != len(sketch.exact_keys):
             raise ValueError(f"ids: expected {len(sketch.exact_keys)} ids for the sketch, got {len(ids)}")
-        self._ids.extend(str(i) for i in ids)
-        self._ranks.extend(ranks if ranks is not None else [()] * len(ids))
+        ranks = list(ranks) if ranks is not None else [()] * len(ids)
         self._reference.append(np.full(len(ids), reference))
         self._keys.append(sketch.exact_keys)
-        self._sigs.append(sketch.signatures)
         self._shingles.append(sketch.shingles)
+        if self._spill is not None:
+            self._id_chunks.append(pa.array([str(i) for i in ids], pa.string()))
+            self._spill.append(sketch.signatures, ranks)
+            return
+        self._ids.extend(str(i) for i in ids)
+        self._ranks.extend(ranks)
+        self._sigs.append(sketch.signatures)
+        self._state_bytes += (sketch.signatures.nbytes + sketch.exact_keys.nbytes + sketch.shingles.nbytes
+                              + _ITEM_OVERHEAD * len(ids))
+        if self.spill_dir is not None and self.max_state_bytes is not None \
+                and self._state_bytes > self.max_state_bytes:
+            self._start_spill()
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return sum(len(k) for k in self._keys)
+
+    @property
+    def spilled(self) -> bool:
+        return self._spill is not None
+
+    def _start_spill(self) -> None:
+        """Move signatures and ranks to Parquet; from here on `add` writes them there."""
+        assert self.spill_dir is not None
+        bands, rows = lsh_bands(self.params.threshold, self.params.num_perm) if self.params.near else (0, 0)
+        self._spill = _StateSpill(Path(self.spill_dir), self.params.num_perm if self.params.near else 0, bands, rows)
+        log.info("dedup state %.1f MB over its budget of %.1f MB: spilling signatures, band keys and ranks to %s",
+                 self._state_bytes / 1e6, (self.max_state_bytes or 0) / 1e6, self._spill.path)
+        start = 0
+        for sigs in self._sigs:
+            self._spill.append(sigs, self._ranks[start:start + len(sigs)])
+            start += len(sigs)
+        self._id_chunks = [pa.array(self._ids, pa.string())]
+        self._ids, self._ranks, self._sigs = [], [], []
 
     def resolve(self) -> list[DedupVerdict]:
         """Verdicts for every non-reference item, in the order they were added."""
-        n = len(self._ids)
+        return list(self.iter_resolve())
+
+    def iter_resolve(self) -> Iterator[DedupVerdict]:
+        """:meth:`resolve` one verdict at a time (a spilled run never holds them all).
+
+        Finishes the spill file first, so that ``spilled_bytes`` is known before the first verdict."""
+        if self._spill is not None:
+            self.spilled_bytes = self._spill.close()
+        return self._resolved()
+
+    def _resolved(self) -> Iterator[DedupVerdict]:
+        n = len(self)
         if n == 0:
-            return []
+            return
         is_ref = np.concatenate(self._reference)
         keys = np.concatenate(self._keys)
         uf = _UnionFind(n)
         exact_rep = self._merge_exact(keys, uf)
-        sigs = np.concatenate(self._sigs) if self.params.near else None
-        if sigs is not None:
-            self._merge_near(sigs, np.concatenate(self._shingles), exact_rep, uf)
-        return self._verdicts(uf.roots(), is_ref, keys, sigs)
+        if self._spill is None:
+            sigs = np.concatenate(self._sigs) if self.params.near else None
+            if sigs is not None:
+                self._merge_near(sigs, np.concatenate(self._shingles), exact_rep, uf)
+            yield from self._verdicts(uf.roots(), is_ref, keys, sigs)
+            return
+        try:
+            if self.params.near:
+                self._merge_near_spilled(np.concatenate(self._shingles), exact_rep, uf)
+            yield from self._verdicts_spilled(uf.roots(), is_ref, keys)
+        finally:
+            self._spill.remove()
 
     def _merge_exact(self, keys: np.ndarray, uf: _UnionFind) -> np.ndarray:
         """Union items with equal exact keys; returns the indices of one item per key, in key order.
@@ -675,6 +744,151 @@ class Deduplicator:
                     similarity = None
                 verdicts[i] = DedupVerdict(self._ids[i], False, kind, keeper_id, keeper_id, similarity, len(group))
         return [v for v in verdicts if v is not None]
+
+
+    def _pair_batch(self) -> int:
+        """Candidate pairs whose signatures are read at once: a quarter of the state budget."""
+        return max(16, (self.max_state_bytes or 0) // (8 * max(self.params.num_perm, 1) * 4))
+
+    def _merge_near_spilled(self, shingles: np.ndarray, reps: np.ndarray, uf: _UnionFind) -> None:
+        """:meth:`_merge_near` over the spill: one band-key column at a time, signatures by batch of pairs."""
+        assert self._spill is not None
+        reps = reps[shingles[reps] > 0]
+        if len(reps) < 2:
+            return
+        pairs = np.zeros((0, 2), np.int64)
+        for band in range(self._spill.bands):
+            pairs = _unique_pairs([pairs, _bucket_pairs(self._spill.column(f"b{band}")[reps])])
+        if not len(pairs):
+            return
+        rep_shingles = shingles[reps]
+        need = pair_thresholds(self.params.threshold, np.minimum(rep_shingles[pairs[:, 0]], rep_shingles[pairs[:, 1]]),
+                               self.params.short_text_shingles)
+        similar = np.zeros(len(pairs), bool)
+        step = self._pair_batch()
+        for s in range(0, len(pairs), step):
+            similar[s:s + step] = self._spill.jaccard(reps[pairs[s:s + step]]) >= need[s:s + step]
+        log.debug("LSH (spilled): %d candidate pairs, %d verified", len(pairs), int(similar.sum()))
+        for i, j in reps[pairs[similar]]:
+            uf.union(int(i), int(j))
+
+    def _verdicts_spilled(self, roots: np.ndarray, is_ref: np.ndarray, keys: np.ndarray) -> Iterator[DedupVerdict]:
+        """:meth:`_verdicts` reading ranks and signatures of clustered items only."""
+        assert self._spill is not None
+        n = len(roots)
+        sizes = np.bincount(roots, minlength=n)[roots]
+        clustered = np.flatnonzero(sizes > 1)
+        ids = pa.chunked_array(self._id_chunks, pa.string())
+        clustered_ids = ids.take(pa.array(clustered)).to_pylist()
+        ranks = [_as_tuple(json.loads(r)) for r in self._spill.take("rank", clustered).to_pylist()]
+        members: dict[int, list[int]] = {}
+        for k, root in enumerate(roots[clustered].tolist()):
+            members.setdefault(root, []).append(k)
+        keeper_of = np.arange(n)
+        for group in members.values():
+            best = min(group, key=lambda k: (not is_ref[clustered[k]], ranks[k], clustered_ids[k], int(clustered[k])))
+            keeper_of[clustered[group]] = clustered[best]
+        id_of = dict(zip(clustered.tolist(), clustered_ids))
+        near = clustered[(keeper_of[clustered] != clustered) & (keys[clustered] != keys[keeper_of[clustered]]).any(axis=1)]
+        similarity: dict[int, float] = {}
+        if self.params.near and len(near):
+            step = self._pair_batch()
+            for s in range(0, len(near), step):
+                part = near[s:s + step]
+                found = self._spill.jaccard(np.stack([part, keeper_of[part]], axis=1))
+                similarity.update(zip(part.tolist(), found.tolist()))
+        i = 0
+        for chunk in ids.chunks:
+            for sid in chunk.to_pylist():
+                if not is_ref[i]:
+                    keeper = int(keeper_of[i])
+                    if keeper == i:
+                        yield DedupVerdict(sid, True, "unique", sid, None, None, int(sizes[i]))
+                    else:
+                        keeper_id = id_of[keeper]
+                        same_text = bool((keys[i] == keys[keeper]).all())
+                        kind: DedupKind = "reference" if is_ref[keeper] else ("exact" if same_text else "near")
+                        value = 1.0 if same_text else similarity.get(i)
+                        yield DedupVerdict(sid, False, kind, keeper_id, keeper_id, value, int(sizes[i]))
+                i += 1
+
+
+_ITEM_OVERHEAD = 200   # bytes an item's id and rank take as Python objects (what spilling them saves)
+
+
+def _as_tuple(value: Any) -> Any:
+    """A rank read back from JSON: lists become the tuples they were."""
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, list) else value
+
+
+class _StateSpill:
+    """A Deduplicator's signatures, LSH band keys and ranks in one Parquet file, a row group per ``add``."""
+
+    def __init__(self, directory: Path, num_perm: int, bands: int, rows: int) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / f"dedup-state-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
+        self.num_perm, self.bands, self.rows = num_perm, bands, rows
+        fields = [pa.field("rank", pa.string())]
+        if num_perm:
+            fields.append(pa.field("sig", pa.binary(4 * num_perm)))
+        fields += [pa.field(f"b{b}", pa.uint64()) for b in range(bands)]
+        self.schema = pa.schema(fields)
+        # Signatures and band keys are random bits: compressing them costs time and saves nothing.
+        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self.path, self.schema, compression="none")
+        self._starts = [0]
+        self._file: pq.ParquetFile | None = None
+
+    def append(self, sigs: np.ndarray, ranks: Sequence[tuple]) -> None:
+        assert self._writer is not None
+        if not len(ranks):
+            return  # no empty row groups: row group g holds items _starts[g] to _starts[g + 1]
+        columns: dict[str, Any] = {"rank": pa.array([json.dumps(r, default=str) for r in ranks], pa.string())}
+        if self.num_perm:
+            sigs = np.ascontiguousarray(sigs, np.uint32)
+            columns["sig"] = pa.FixedSizeBinaryArray.from_buffers(pa.binary(4 * self.num_perm), len(sigs),
+                                                                  [None, pa.py_buffer(sigs.tobytes())])
+            for band in range(self.bands):
+                columns[f"b{band}"] = _band_keys(sigs, self.rows, band)
+        self._writer.write_table(pa.table(columns, schema=self.schema), row_group_size=max(len(ranks), 1))
+        self._starts.append(self._starts[-1] + len(ranks))
+
+    def close(self) -> int:
+        """Finish writing; returns the file's size in bytes."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+            self._file = pq.ParquetFile(self.path)
+        return self.path.stat().st_size
+
+    def remove(self) -> None:
+        self._file = None
+        self.path.unlink(missing_ok=True)
+
+    def column(self, name: str) -> np.ndarray:
+        """One band-key column of every item."""
+        assert self._file is not None
+        return self._file.read(columns=[name]).column(0).to_numpy()
+
+    def take(self, name: str, positions: np.ndarray) -> pa.Array:
+        """Column ``name`` at the sorted item ``positions``, reading only the row groups that hold them."""
+        assert self._file is not None
+        starts = np.asarray(self._starts)
+        groups = np.searchsorted(starts, positions, side="right") - 1
+        parts = []
+        for group in np.unique(groups):
+            wanted = positions[groups == group] - starts[group]
+            column = self._file.read_row_group(int(group), columns=[name]).column(0)
+            parts.append(column.take(pa.array(wanted)))
+        return pa.concat_arrays([c for p in parts for c in p.chunks]) if parts else pa.array([], self.schema.field(name).type)
+
+    def jaccard(self, pairs: np.ndarray) -> np.ndarray:
+        """Estimated Jaccard of each (i, j) item pair from their spilled signatures."""
+        wanted = np.unique(pairs.ravel())
+        column = self.take("sig", wanted)
+        sigs = np.frombuffer(column.buffers()[1], np.uint32)[
+            column.offset * self.num_perm:(column.offset + len(column)) * self.num_perm].reshape(-1, self.num_perm)
+        a, b = np.searchsorted(wanted, pairs[:, 0]), np.searchsorted(wanted, pairs[:, 1])
+        return (sigs[a] == sigs[b]).mean(axis=1)
 
 
 # ------------------------------------------------------------------------ one-call API

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from factory.steps.base import FilterStep, StepParams, StepVerdict
+from factory.steps.base import FilterStep, StateBudget, StepParams, StepVerdict
 from factory.steps.correctness import CorrectnessStep
 from factory.steps.decontam import DecontamStep
 from factory.steps.dedup import DedupStep
@@ -24,4 +24,4 @@ STEPS: dict[str, type[FilterStep]] = {
     )
 }
 
-__all__ = ["STEPS", "FilterStep", "StepParams", "StepVerdict"]
+__all__ = ["STEPS", "FilterStep", "StateBudget", "StepParams", "StepVerdict"]

@@ -17,16 +17,19 @@ The engine (factory/engine.py) reads only declared properties, never a step's na
 whole_run            False: each sample is judged alone, so batches go to any worker in any
                      order. True: the step sees every candidate at once (dedup); it splits
                      its work into ``sketch(batch)`` on the workers and ``decide(...)``, which
-                     holds compact per-sample state (ids, signatures, lengths), never text.
+                     holds compact per-sample state (ids, signatures, lengths), never text, and
+                     spills it to Parquet past its ``StateBudget`` (a share of ``memory_gb``).
 verifies             a None verdict means "no rule could verify this" rather than "undecided":
                      a later step that ``resolves_unverified`` may settle it.
 resolves_unverified  takes the samples an earlier ``verifies`` step left unverified (the
                      judge); with ``only_unverified()`` it takes nothing else.
 in_process           runs in the engine's process (holds a model or a server connection),
                      not on the worker pool.
+work_factor          the step's peak memory per byte of its input columns (sizes its chunks).
 lsh_grouping         a whole-run step whose state is exact keys and MinHash signatures
-                     (``sketch`` returns a verifiers.dedup.Sketch), so a cluster executor can
-                     group it by key (LSH bands) instead of gathering it on one node.
+                     (``sketch`` returns a verifiers.dedup.Sketch, ``params.dedup_params()``
+                     its settings, ``reference_runs()`` the data it compares against), so a
+                     cluster executor can group it by key (LSH bands) instead of gathering it.
 """
 
 from __future__ import annotations
@@ -35,18 +38,29 @@ import dataclasses
 import hashlib
 import json
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
 
 import pyarrow as pa
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     ValidationError,
     create_model,
     model_validator,
 )
+
+
+@dataclass
+class StateBudget:
+    """What a whole-run step may keep in memory, where the rest goes, and how much went there."""
+
+    max_bytes: int | None          # None: no bound
+    spill_dir: Path                # a scratch folder of the run's, emptied after the step
+    spilled_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -56,6 +70,16 @@ class StepVerdict:
     reason: str | None = None
     score: float | None = None
     detail: dict[str, Any] | None = None
+
+
+def _expect_bool(value: Any) -> Any:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")  # noqa: TRY004 (pydantic reports ValueError only)
+    return value
+
+
+# A step setting that is true or false: YAML's `yes`, 1 or "true" are recipe errors, not coerced.
+Flag = Annotated[bool, BeforeValidator(_expect_bool)]
 
 
 class StepParams(BaseModel):
@@ -75,6 +99,10 @@ class FilterStep:
     resolves_unverified: ClassVar[bool] = False
     in_process: ClassVar[bool] = False
     lsh_grouping: ClassVar[bool] = False
+    # Peak memory while the step works on a chunk, per byte of the columns it reads (measured on
+    # 75K-character traces: rule steps < 8, MinHash sketches ~20, benchmark n-gram checks ~27).
+    # The engine sizes the step's chunks by it so that memory_gb holds.
+    work_factor: ClassVar[float] = 8.0
 
     def __init__(self, params: StepParams | None = None) -> None:
         self.params = params if params is not None else self.Params()
@@ -108,9 +136,13 @@ class FilterStep:
         """Compact per-row state of ``batch`` (runs on a worker)."""
         raise NotImplementedError
 
-    def decide(self, ids: Sequence[str], lengths: Sequence[int], sketches: Sequence[Any],
-               reference: Sequence[tuple[Sequence[str], Any]]) -> list[StepVerdict]:
-        """Verdicts for every candidate from the sketches of all of them (and of reference data)."""
+    def decide(self, ids: pa.Array, lengths: Sequence[int], sketches: Iterable[Any],
+               reference: Iterable[tuple[Sequence[str], Any]], budget: StateBudget | None = None
+               ) -> Iterable[StepVerdict]:
+        """Verdicts for every candidate, in order, from the sketches of all of them (and of reference data).
+
+        ``sketches`` and ``reference`` arrive one batch at a time: keep what ``budget`` allows in
+        memory, spill the rest under ``budget.spill_dir`` and record its size in ``budget.spilled_bytes``."""
         raise NotImplementedError
 
     def has_reference(self) -> bool:

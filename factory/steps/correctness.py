@@ -8,7 +8,7 @@ import pyarrow as pa
 from pydantic import field_validator
 
 from factory.errors import FactoryError
-from factory.steps.base import FilterStep, StepParams, StepVerdict, rows_of
+from factory.steps.base import FilterStep, Flag, StepParams, StepVerdict, rows_of
 
 Row = dict[str, Any]
 MATH_TYPES = ("math", "logic")
@@ -19,7 +19,7 @@ class CorrectnessParams(StepParams):
     code_timeout_s: float = 5.0             # per program run
     memory_mb: int = 512                    # per program run
     workers: int | None = None              # kept for old recipes; the run's `workers:` sizes the pool
-    unsafe_no_sandbox: bool = False         # run code without the sandbox (trusted data only)
+    unsafe_no_sandbox: Flag = False         # run code without the sandbox (trusted data only)
     policy: Literal["strict", "lenient"] = "strict"  # math: lenient also reads the last number of the last sentence
 
     @field_validator("policy", mode="before")
@@ -52,12 +52,6 @@ class CorrectnessParams(StepParams):
             raise ValueError(f"expected an integer >= 1, got {value!r}")
         return value
 
-    @field_validator("unsafe_no_sandbox", mode="before")
-    @classmethod
-    def _flag(cls, value: Any) -> Any:
-        if not isinstance(value, bool):
-            raise ValueError(f"expected true or false, got {value!r}")  # noqa: TRY004 (pydantic reports ValueError only)
-        return value
 
 
 class CorrectnessStep(FilterStep):

@@ -10,6 +10,8 @@ An import streams: rows are read, converted and written in bounded shards, never
 The shards go to a staging directory beside the runs (``runs/.import-<run>-…``) and are published
 only when the whole input has been read: a bad row anywhere leaves no run, no manifest and no
 partial import behind, and the corrected recipe is then accepted as a first import.
+On an object store (no rename) the shards are written into the run uncommitted and published by
+one commit marker listing them all (factory/object_store.py): readers see all of them or none.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import shutil
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +48,7 @@ STAGING_PREFIX = ".import-"
 
 
 def import_traces(recipe: GenerateRecipe, recipe_file: Path, rhash: str, overrides: list[str], *, held: contextlib.ExitStack,
-                  new_run: bool = False, force: bool = False, progress: bool = True):
+                  new_run: bool = False, force: bool = False, progress: bool = True, locked: RunStore | None = None):
     """Read the traces a replay recipe names and publish the ones not yet in the run.
 
     The caller holds the run's writer lock; a --new-run run's lock is taken into `held`.
@@ -55,21 +58,29 @@ def import_traces(recipe: GenerateRecipe, recipe_file: Path, rhash: str, overrid
     options = recipe.teacher.replay
     assert options is not None
     path = resolve_data_path(options.path, recipe_file)
-    store, mode = target_store(recipe, rhash, new_run=new_run, force=force, held=held)
-    _remove_stale_staging(store)
-    staging = RunStore(store.root.parent / f"{STAGING_PREFIX}{store.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    store, mode = target_store(recipe, rhash, new_run=new_run, force=force, held=held, locked=locked)
+    existing = store.sample_ids() if mode != "new" else set()
     started = time.monotonic()
-    try:
-        writer = _StagedImport(recipe, options, path, rhash, store, staging, existing=store.sample_ids() if mode != "new" else set())
+    if store.filesystem is not None:  # an object store: uncommitted shards in the run, one commit at the end
+        staged: list[str] = []
+        writer = _StagedImport(recipe, options, path, rhash, store,
+                               lambda table, _: staged.append(store.write_shard(store.samples_dir, table)), existing=existing)
         writer.run(recipe_file)
-        _publish(writer, recipe, recipe_file, rhash, overrides, store, staging, mode)
-    finally:
-        if staging.root.exists():  # failed, or published by moving the shards out
-            shutil.rmtree(staging.root, ignore_errors=True)
+        _publish_committed(writer, recipe, recipe_file, rhash, overrides, store, staged, mode)
+    else:
+        _remove_stale_staging(store)
+        staging = RunStore(store.root.parent / f"{STAGING_PREFIX}{store.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            writer = _StagedImport(recipe, options, path, rhash, store, _stage_into(staging), existing=existing)
+            writer.run(recipe_file)
+            _publish(writer, recipe, recipe_file, rhash, overrides, store, staging, mode)
+        finally:
+            if staging.root.exists():  # failed, or published by moving the shards out
+                shutil.rmtree(staging.root, ignore_errors=True)
     seconds = time.monotonic() - started
     log.info("replay: format %s; thinking %s", _counts(writer.shapes), _counts(writer.conventions))
     report = GenerateReport(
-        run=store.name, run_dir=str(store.root), prompts=len(writer.seen_per_prompt), planned=writer.total,
+        run=store.name, run_dir=store.location, prompts=len(writer.seen_per_prompt), planned=writer.total,
         already_present=writer.skipped, generated=writer.generated, errors=0, retries=0, prompt_tokens=0,
         completion_tokens=0, seconds=seconds, shards_written=writer.shards,
     )
@@ -81,10 +92,10 @@ class _StagedImport:
     """Streams a trace file into staged shards; counts what it saw."""
 
     def __init__(self, recipe: GenerateRecipe, options: ReplayOptions, path: Path, rhash: str, store: RunStore,
-                 staging: RunStore, *, existing: set[str]) -> None:
+                 stage: Callable[[pa.Table, int], None], *, existing: set[str]) -> None:
         self.recipe, self.options, self.path, self.rhash = recipe, options, path, rhash
         self.run_name = store.name
-        self.staging = staging
+        self.stage = stage  # writes one staged shard (table, its number), unpublished
         self.existing = existing
         self.seen_per_prompt: Counter[str] = Counter()
         self.shapes: Counter[str] = Counter()
@@ -160,7 +171,7 @@ class _StagedImport:
             return
         table = self.buffer.table(run=self.run_name, recipe=self.recipe, rhash=self.rhash, source=self.path.name)
         self.shards += 1
-        write_parquet_atomically(table, self.staging.samples_dir / f"part-{self.shards:06d}-{uuid.uuid4().hex[:8]}.parquet")
+        self.stage(table, self.shards)
         self.generated += table.num_rows
         self.buffer = _Columns()
 
@@ -255,6 +266,32 @@ def _publish(writer: _StagedImport, recipe: GenerateRecipe, recipe_file: Path, r
         # Each shard is complete on its own: a crash between two moves leaves a resumable import.
         os.replace(shard, store.samples_dir / f"part-{sequence + offset:06d}-{uuid.uuid4().hex[:8]}.parquet")
     manifest = updated_manifest(store.read_manifest(), recipe, rhash, overrides, forced=mode == "force")
+    manifest["counts"] = {"samples": len(writer.existing) + writer.generated, "prompts": len(writer.seen_per_prompt)}
+    manifest.setdefault("sessions", []).append(session)
+    store.write_manifest(manifest)
+
+
+def _stage_into(staging: RunStore) -> Callable[[pa.Table, int], None]:
+    def stage(table: pa.Table, number: int) -> None:
+        write_parquet_atomically(table, staging.samples_dir / f"part-{number:06d}-{uuid.uuid4().hex[:8]}.parquet")
+
+    return stage
+
+
+def _publish_committed(writer: _StagedImport, recipe: GenerateRecipe, recipe_file: Path, rhash: str,
+                       overrides: list[str], store: RunStore, staged: list[str], mode: str) -> None:
+    """Object store: the run's manifest (a new run's, still counting no samples), then one commit of every staged
+    shard, then the counts. A crash before the commit leaves the run as it was; after it, complete."""
+    from factory.generate import new_manifest, updated_manifest
+
+    session = {"finished_at": utc_now().isoformat(), "imported": writer.generated, "skipped": writer.skipped,
+               "formats": dict(writer.shapes), "thinking": dict(writer.conventions)}
+    if mode == "new":
+        manifest = new_manifest(recipe, rhash, recipe_file, overrides, store.name)
+        manifest["counts"] = {"samples": 0, "prompts": 0}
+        store.write_manifest(manifest)
+    manifest = updated_manifest(store.read_manifest(), recipe, rhash, overrides, forced=mode == "force")
+    store.commit(store.samples_dir, staged)
     manifest["counts"] = {"samples": len(writer.existing) + writer.generated, "prompts": len(writer.seen_per_prompt)}
     manifest.setdefault("sessions", []).append(session)
     store.write_manifest(manifest)

@@ -50,6 +50,11 @@ def install_policy_hook(workdir: str, violation_fd: int) -> None:
     pipe the worker reads after the job. The program can bypass or forge it,
     which can only make its own verdict worse.
     """
+    sys.addaudithook(policy_hook(workdir, violation_fd))
+
+
+def policy_hook(workdir: str, violation_fd: int) -> Any:
+    """The audit hook ``install_policy_hook`` installs (built ahead of the fork by the zygote)."""
     root = os.path.realpath(workdir) + os.sep
     allowed = ("/dev/null", "/dev/stdout", "/dev/stderr")
 
@@ -74,7 +79,7 @@ def install_policy_hook(workdir: str, violation_fd: int) -> None:
         elif event in _PROCESS_EVENTS:
             record(f"subprocess ({event})")
 
-    sys.addaudithook(hook)
+    return hook
 
 
 def _load_program(program: str, tests: dict[str, Any], namespace: dict[str, Any]) -> None:
@@ -136,11 +141,15 @@ def _numpy_or_ref(handles: _Handles) -> Any:
     return convert
 
 
-def serve_program(program: str, tests: dict[str, Any], rfd: int, wfd: int) -> None:
-    """Run the program, then answer the test side's calls until it hangs up."""
+def serve_program(program: str, tests: dict[str, Any], rfd: int, wfd: int,
+                  pristine: dict[str, Any] | None = None) -> None:
+    """Run the program, then answer the test side's calls until it hangs up.
+
+    ``pristine``: a copy of ``builtins.__dict__`` as it was before the program
+    (the zygote takes it once, before any fork)."""
     namespace: dict[str, Any] = {"__name__": "__solution__", "__builtins__": builtins}
     handles = _Handles()
-    pristine = dict(builtins.__dict__)
+    pristine = pristine if pristine is not None else dict(builtins.__dict__)
     try:
         _load_program(program, tests, namespace)
     except BaseException as exc:  # SystemExit at top level is a load failure too
@@ -170,11 +179,26 @@ def _exportable(name: str, entry_point: str | None) -> bool:
 
 
 def _restore_builtins(pristine: dict[str, Any]) -> None:
-    """Undo the program's patches to builtins so this side's own plumbing keeps
-    working (the verdict never depended on it: the test side is another process)."""
+    """Undo the program's patches to the builtins this side's own plumbing uses,
+    so that it keeps working (the verdict never depended on it: the test side
+    is another process). Only those: the rest of ``builtins`` is the program's
+    to change, as in any run of it, and touching every builtin would copy
+    dozens of pages the program shares with the zygote."""
     current = builtins.__dict__
-    current.clear()  # no comparison first: values may be hostile objects
-    current.update(pristine)
+    for name in _PLUMBING_BUILTINS:
+        original = pristine.get(name, _MISSING)
+        if original is not _MISSING and current.get(name) is not original:  # identity: values may be hostile
+            current[name] = original
+
+
+_MISSING = object()
+# What the program side's plumbing (``_answer``, ``_export``, ``wire``, ``json``) looks up in builtins.
+_PLUMBING_BUILTINS = ("type", "isinstance", "issubclass", "len", "list", "tuple", "dict", "set", "frozenset",
+                      "bytes", "bytearray", "str", "int", "float", "complex", "bool", "iter", "next", "getattr",
+                      "hasattr", "callable", "memoryview", "repr", "id", "range", "enumerate", "super", "object",
+                      "BaseException", "Exception", "StopIteration", "ValueError", "TypeError", "RecursionError",
+                      "KeyError", "IndexError", "AttributeError", "OverflowError", "UnicodeDecodeError",
+                      "MemoryError", "OSError", "NotImplemented")
 
 
 def _answer(request: dict[str, Any], handles: _Handles, pristine: dict[str, Any]) -> dict[str, Any]:

@@ -17,47 +17,34 @@ Layers, from the outside in (``SandboxPool.info["layers"]`` says which are on):
   ``PROCESS_LIMIT`` processes for *all* of a program's processes together;
   the worker reads its CPU time for timeouts and its OOM kills for the
   ``memory`` verdict.
-* **sandbox** (``enter_program_sandbox``, in each forked program): its own PID
-  namespace (the worker unshares it before the fork; when the program's first
-  process dies the kernel kills the rest), IPC namespace (System V objects and
-  POSIX queues die with it) and mount namespace with a fresh ``/proc`` and a
-  fresh tmpfs on ``/tmp/work``, its cwd (freed with the namespace: no cleanup
-  that can fail),
-  a seccomp filter refusing the kernel keyring (per-uid, it would outlive
-  the program), rlimits, its uid, ``no_new_privs``.
+* **sandbox** (``confine``, set up by the slot's ``zygote``): each program in
+  its own PID namespace (the zygote unshares it before the fork; when the
+  program's first process dies the kernel kills the rest), IPC namespace
+  (System V objects and POSIX queues die with it) and mount namespace with a
+  fresh ``/proc`` and a fresh tmpfs on ``/tmp/work``, its cwd (freed with the
+  namespace: no cleanup that can fail), rlimits, its uid; a seccomp filter
+  refusing the kernel keyring (per-uid, it would outlive the program) and
+  ``no_new_privs``, set once in the zygote and inherited.
 
-Python 3.11 has no ``os.unshare``/``os.setns``, so the system calls go through
-ctypes.
+System calls and what runs inside the zygote and the programs live in ``confine``.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import fcntl
 import logging
 import math
 import os
-import platform
-import resource
 import signal
-import struct
 import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from .confine import (CLONE_NEWNET, CLONE_NEWNS, MS_BIND, MS_NODEV, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC,
+                      MS_REMOUNT, PROCESS_LIMIT, WORKDIR, mount, pivot_root, unshare)
+
 log = logging.getLogger(__name__)
 
-CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x08000000, 0x20000000, 0x40000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = (
-    1, 2, 4, 8, 32, 4096, 16384, 1 << 18)
-MNT_DETACH = 2
-PR_SET_PDEATHSIG, PR_SET_SECCOMP, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 22, 36, 38
-SCRATCH_SIZE = "256m"
-FILE_SIZE_LIMIT = 16 << 20
-OPEN_FILES_LIMIT = 256
-PROCESS_LIMIT = 64
-WORKDIR = "/tmp/work"
 # Above the fixed 1,000,000 that pools used before ranges were allocated, so an
 # older copy running on the same host cannot share (or kill) our uids.
 UID_BASE, UID_BLOCK, UID_BLOCKS = 1 << 20, 1024, 4096
@@ -68,55 +55,10 @@ ETC_FILES = ("/etc/ld.so.cache", "/etc/localtime")
 DEV_NODES = ("null", "zero", "full", "random", "urandom")
 # Packages of ours that a program must not read (benchmark data ships inside).
 OWN_PACKAGES = ("verifiers", "factory")
-_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
-# seccomp: (audit arch, {add_key, request_key, keyctl}).
-_KEYRING_SYSCALLS = {"x86_64": (0xC000003E, (248, 249, 250)), "aarch64": (0xC00000B7, (217, 218, 219))}
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 
 
 class SandboxUnavailable(RuntimeError):
     """Isolation cannot be set up here (not root, no namespaces, ...)."""
-
-
-def _check(result: int, what: str) -> None:
-    if result != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"{what}: {os.strerror(errno)}")
-
-
-def unshare(flags: int) -> None:
-    _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
-
-
-def setns(fd: int, nstype: int) -> None:
-    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
-
-
-def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    enc = (lambda s: s.encode() if s is not None else None)
-    _check(_libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)),
-           f"mount {target}")
-
-
-def umount(target: str, flags: int = 0) -> None:
-    _check(_libc.umount2(target.encode(), ctypes.c_int(flags)), f"umount {target}")
-
-
-def prctl(option: int, value: int) -> None:
-    _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(value), ctypes.c_ulong(0), ctypes.c_ulong(0),
-                       ctypes.c_ulong(0)), f"prctl {option}")
-
-
-def _pivot_root(new_root: str) -> None:
-    number = _PIVOT_ROOT.get(platform.machine())
-    if number is None:
-        raise OSError(0, f"pivot_root: unknown system call number on {platform.machine()}")
-    os.chdir(new_root)
-    # pivot_root(".", "."): the old root ends up on top of the new one; detach it.
-    _check(_libc.syscall(ctypes.c_long(number), b".", b"."), "pivot_root")
-    umount(".", MNT_DETACH)
-    os.chdir("/")
 
 
 def _within(path: str, root: str) -> bool:
@@ -402,7 +344,7 @@ def isolate_worker(hidden: list[str] = ()) -> dict[str, Any]:
         os.mkdir(root, 0o755)
         mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
         view = _build_root(root, plan)
-        _pivot_root(root)
+        pivot_root(root)
         mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
     except OSError as exc:
         raise SandboxUnavailable(f"cannot build the sandbox's root filesystem ({exc})") from None
@@ -410,128 +352,3 @@ def isolate_worker(hidden: list[str] = ()) -> dict[str, Any]:
         for fd in plan["handles"].values():
             os.close(fd)
     return view
-
-
-def detach_worker() -> None:
-    """Leave the caller's session (so no child can reach its terminal) and become
-    a child subreaper (so orphans of sandboxed programs re-parent to the worker)."""
-    try:
-        os.setsid()
-    except PermissionError:  # already a process group leader
-        pass
-    prctl(PR_SET_CHILD_SUBREAPER, 1)
-
-
-class PidNamespaces:
-    """Gives each forked program a PID namespace of its own (``unshare`` before
-    the fork, back to the worker's own after it)."""
-
-    def __init__(self) -> None:
-        self.own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-        try:  # one real round, so that a kernel that refuses says so here, not at a program's fork
-            self.next_fork()
-            pid = os.fork()
-            if pid == 0:
-                os._exit(0)
-            self.after_fork()
-            os.waitpid(pid, 0)
-        except OSError:
-            os.close(self.own)
-            raise
-
-    def next_fork(self) -> None:
-        unshare(CLONE_NEWPID)
-
-    def after_fork(self) -> None:
-        setns(self.own, CLONE_NEWPID)
-
-
-# --------------------------------------------------------------------------- in the forked child
-
-@dataclass(frozen=True)
-class Limits:
-    memory_mb: int
-    cpu_s: float
-    file_size: int = FILE_SIZE_LIMIT
-    open_files: int = OPEN_FILES_LIMIT
-    processes: int = PROCESS_LIMIT
-
-
-def _set_limit(which: int, value: int) -> None:
-    resource.setrlimit(which, (value, value))
-
-
-def _keyring_filter() -> bytes | None:
-    """A seccomp BPF program: keyring system calls fail with EPERM, the rest pass."""
-    arch = _KEYRING_SYSCALLS.get(platform.machine())
-    if arch is None:
-        return None
-    audit_arch, numbers = arch
-    ld_w_abs, jeq_k, jge_k, ret_k = 0x20, 0x15, 0x35, 0x06
-    allow, deny = 0x7FFF0000, 0x00050000 | 1  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | EPERM
-    n = len(numbers)
-    # Jump offsets count from the next instruction; the last one is "deny".
-    insns = [(ld_w_abs, 0, 0, 4),                      # arch
-             (jeq_k, 1, 0, audit_arch),
-             (ret_k, 0, 0, allow),                     # another ABI: not ours to filter
-             (ld_w_abs, 0, 0, 0),                      # system call number
-             (jge_k, n + 1, 0, 0x40000000)]            # x32 numbers: refuse
-    insns += [(jeq_k, n - i, 0, nr) for i, nr in enumerate(numbers)]
-    insns += [(ret_k, 0, 0, allow), (ret_k, 0, 0, deny)]
-    return b"".join(struct.pack("HBBI", *i) for i in insns)
-
-
-_KEYRING_FILTER = _keyring_filter()
-
-
-def _install_seccomp(program: bytes) -> None:
-    buf = ctypes.create_string_buffer(program)
-    fprog = struct.pack("HxxxxxxQ", len(program) // 8, ctypes.addressof(buf))
-    arg = ctypes.create_string_buffer(fprog)
-    _check(_libc.prctl(ctypes.c_int(PR_SET_SECCOMP), ctypes.c_ulong(2), ctypes.c_void_p(ctypes.addressof(arg)),
-                       ctypes.c_ulong(0), ctypes.c_ulong(0)), "seccomp")
-
-
-def enter_program_sandbox(uid: int | None, limits: Limits, fresh_proc: bool, seccomp: bool = True) -> str:
-    """In a freshly forked program (already in its cgroup and PID namespace): own
-    IPC+mount namespaces with a fresh /tmp/work (and /proc, when in a PID namespace of
-    its own), then ``drop_privileges``. Returns the working directory."""
-    unshare(CLONE_NEWNS | CLONE_NEWIPC)
-    # On /tmp/work, not over /tmp: a venv under /tmp (a CI checkout) stays visible.
-    owner = f",uid={uid},gid={uid}" if uid is not None else ""
-    mount("tmpfs", WORKDIR, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=0700,size={SCRATCH_SIZE}{owner}")
-    if fresh_proc:
-        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    return drop_privileges(uid, WORKDIR, limits, seccomp)
-
-
-def drop_privileges(uid: int | None, workdir: str | None, limits: Limits, seccomp: bool = True) -> str:
-    """Own process group, rlimits, keyring filter, then ``uid`` for good.
-
-    A process group, not a session: the worker already left its terminal's
-    session (``detach_worker``), and ``setsid`` costs milliseconds per call
-    once the worker sits in its own namespaces.
-    """
-    os.setpgid(0, 0)
-    _set_limit(resource.RLIMIT_AS, limits.memory_mb << 20)
-    if limits.cpu_s > 0:  # 0: no CPU limit (long-lived helpers bounded by the wall clock)
-        _set_limit(resource.RLIMIT_CPU, max(1, math.ceil(limits.cpu_s)))
-    _set_limit(resource.RLIMIT_FSIZE, limits.file_size)
-    _set_limit(resource.RLIMIT_NOFILE, limits.open_files)
-    _set_limit(resource.RLIMIT_CORE, 0)
-    if uid is not None:  # counted per uid: only meaningful for a uid of our own
-        _set_limit(resource.RLIMIT_NPROC, limits.processes)
-    if workdir is not None:
-        os.chdir(workdir)
-    if uid is not None:
-        os.setgroups([])
-        os.setresgid(uid, uid, uid)
-        os.setresuid(uid, uid, uid)
-    prctl(PR_SET_NO_NEW_PRIVS, 1)
-    if seccomp and uid is not None and _KEYRING_FILTER is not None:
-        _install_seccomp(_KEYRING_FILTER)
-    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    # The pool already started the worker with a minimal environment (no secrets).
-    home = workdir or os.getcwd()
-    os.environ["HOME"] = os.environ["TMPDIR"] = home
-    return home

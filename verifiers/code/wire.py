@@ -14,7 +14,14 @@ import base64
 import json
 import os
 import struct
+from json.decoder import JSONDecoder
+from json.encoder import encode_basestring_ascii
 from typing import Any, Callable
+
+try:
+    from _json import make_encoder as _c_make_encoder
+except ImportError:  # an interpreter without the C accelerator
+    _c_make_encoder = None
 
 MAX_FRAME = 64 << 20
 _HEADER = struct.Struct(">I")
@@ -29,8 +36,37 @@ class NotPlain(Exception):
     """A value that is not plain data of exact builtin types."""
 
 
+def _not_json(value: Any) -> Any:
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+# Built once, where ``json.dumps``/``json.loads`` build an encoder and go
+# through several Python layers per call: in a freshly forked program each
+# first use of those layers copies pages it shares with the zygote. Messages
+# are trees (``encode``'s output, verdicts), never cyclic, so no cycle check.
+_ENCODE = (_c_make_encoder(None, _not_json, encode_basestring_ascii, None, ":", ",", False, False, True)
+           if _c_make_encoder is not None else None)
+_DECODER = JSONDecoder()
+
+
+def dumps(message: Any) -> bytes:
+    """Compact JSON, as ``json.dumps(message, separators=(",", ":"))`` gives it."""
+    if _ENCODE is None:
+        return json.dumps(message, separators=(",", ":")).encode()
+    return "".join(_ENCODE(message, 0)).encode()
+
+
+def loads(payload: bytes) -> Any:
+    """One JSON value filling ``payload`` (UTF-8); ValueError otherwise."""
+    text = payload.decode("utf-8")
+    value, end = _DECODER.raw_decode(text)
+    if end != len(text):
+        raise ValueError(f"extra data after the JSON value at {end}")
+    return value
+
+
 def write_frame(fd: int, message: Any) -> None:
-    payload = json.dumps(message, separators=(",", ":")).encode()
+    payload = dumps(message)
     if len(payload) > MAX_FRAME:
         raise ProtocolError(f"message of {len(payload)} bytes exceeds {MAX_FRAME}")
     data = memoryview(_HEADER.pack(len(payload)) + payload)
@@ -64,7 +100,7 @@ def read_frame(fd: int) -> Any:
     if payload is None:
         raise ProtocolError("truncated frame")
     try:
-        return json.loads(payload)
+        return loads(payload)
     except (ValueError, RecursionError) as exc:
         raise ProtocolError(f"bad frame: {exc}") from None
 
@@ -98,7 +134,7 @@ class FrameReader:
         payload = bytes(self.buffer[_HEADER.size:_HEADER.size + size])
         del self.buffer[:_HEADER.size + size]
         try:
-            return json.loads(payload)
+            return loads(payload)
         except (ValueError, RecursionError) as exc:
             raise ProtocolError(f"bad frame: {exc}") from None
 

@@ -1,20 +1,25 @@
-"""The fork server: one warm, pre-imported process that forks a sandbox per job.
+"""The worker: one warm process per slot that runs jobs, each in fresh sandboxes.
 
 Started by ``SandboxPool`` as ``python -I -c ...``; speaks length-prefixed JSON
-on stdin/stdout. Per job it forks
+on stdin/stdout. It starts its slot's *zygote* (see ``zygote``), moves into
+the sandbox's network and mount namespaces, and has the zygote join them.
+Per job
 
-* for function tests: a *test* process and a *program* process, each under its
-  own unprivileged uid, wired by two pipes (see ``harness``); the worker reads
-  per-case reports from the test process only;
-* for stdin/stdout tests: one program process per case, fed its input and
-  read (with a size cap) by the worker, which compares the output itself.
+* for function tests: the zygote forks a *program* process; the worker hands
+  the job's tests to the long-lived *test* process (its own uid), wires the
+  two by two pipes (see ``harness``) and reads per-case reports from the test
+  process only;
+* for stdin/stdout tests: the zygote forks one program process per case, fed
+  its input and read (with a size cap) by the worker, which compares the
+  output itself.
 
 Each program gets a PID, IPC and mount namespace of its own (fresh ``/proc``
-and ``/tmp``), and joins its slot's cgroup (see ``isolation``). After every
-job the worker kills the program (the first process of a PID namespace: the
-kernel kills the rest), reaps every leftover child (it is a child subreaper),
-and reads the job's CPU time and OOM kills from the cgroup. Nothing of the
-program survives it: its ``/tmp`` and IPC objects go with its namespaces.
+and ``/tmp/work``), and joins its slot's cgroup (see ``isolation``). After
+every job the program is killed (the first process of a PID namespace: the
+kernel kills the rest) and reaped with every leftover child (the zygote is a
+child subreaper), and the worker reads the job's CPU time and OOM kills from
+the cgroup. Nothing of the program survives it: its ``/tmp/work`` and IPC
+objects go with its namespaces.
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import gc
-import importlib
 import json
 import logging
 import os
@@ -35,20 +39,16 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from . import harness, wire
-from .isolation import (PROCESS_LIMIT, Limits, PidNamespaces, SandboxUnavailable, SlotCgroup, create_slot_cgroup,
-                        detach_worker, drop_privileges, enter_program_sandbox, isolate_worker, kill_cgroup_members)
+from .confine import PROCESS_LIMIT, Limits, detach, drop_privileges
+from .isolation import SandboxUnavailable, SlotCgroup, create_slot_cgroup, isolate_worker, kill_cgroup_members
+from .zygote import FUNCTION, PROBE, STDIO, encode_spec, read_reply, request_end, request_spawn
 
 log = logging.getLogger(__name__)
 
-# Imported once here so that forked children do not pay for them.
-PREIMPORTS = ("math", "cmath", "re", "string", "collections", "collections.abc", "itertools", "functools",
-              "operator", "heapq", "bisect", "array", "typing", "random", "fractions", "decimal",
-              "statistics", "copy", "json", "hashlib", "datetime", "time", "dataclasses", "enum", "abc",
-              "numbers", "textwrap", "unicodedata", "struct", "contextlib", "io", "traceback", "types",
-              "queue", "sys", "os", "ast", "inspect")
 OUTPUT_LIMIT = 8 << 20
 DETAIL_CHARS = 600
 TEST_SIDE_MEMORY_MB = 2048
@@ -67,11 +67,12 @@ class WorkerState:
     runs: int = 0
     test_server: "TestServer | None" = None
     cgroup: SlotCgroup | None = None
-    pidns: PidNamespaces | None = None
+    pidns: bool = False  # each program in a PID namespace of its own
     namespaces: bool = False
     program_ns: bool = True  # IPC + mount namespace, fresh /tmp/work and /proc per program
     seccomp: bool = True
-    spawner: "Spawner | None" = None
+    zygote: "ZygoteHandle | None" = None
+    null_fd: int = -1
 
 
 class Budget:
@@ -119,43 +120,51 @@ def main() -> None:
         started = time.monotonic()
         try:
             verdict = run_job(job, state)
+        except ZygoteDied as exc:  # killed from outside; we exit below and the pool replaces us
+            verdict = _verdict("error", 0, 0, f"sandbox error: {exc}")
         except Exception as exc:  # a bug here must not take the worker down
             log.exception("job failed")
             verdict = _verdict("error", 0, 0, f"sandbox error: {exc}")
         verdict["duration_s"] = round(time.monotonic() - started, 6)
         wire.write_frame(out_fd, {"id": job.get("id"), "verdict": verdict})
-        if state.spawner is not None and not state.spawner.alive():
-            log.warning("the spawner died; this worker exits so that the pool replaces it")
+        if state.zygote is not None and not state.zygote.alive():
+            log.warning("the zygote died; this worker exits so that the pool replaces it")
             break
     # Reap our helpers, so that their CPU time (and their children's) adds up to ours.
     if state.test_server is not None:
         state.test_server.close()
-    if state.spawner is not None:
-        state.spawner.close()
+    if state.zygote is not None:
+        state.zygote.close()
     if config.get("unsafe"):
         _remove_tree(state.scratch)
 
 
 def _start(config: dict[str, Any]) -> tuple[WorkerState, dict[str, Any]]:
-    state, info = _isolate(config)
-    gc.freeze()  # fewer copy-on-write faults in forked children
-    state.spawner = Spawner(state)
-    return state, info
-
-
-def _isolate(config: dict[str, Any]) -> tuple[WorkerState, dict[str, Any]]:
     if config.get("pin"):
         # The program and test processes ping-pong over pipes; on one core a
         # wake-up needs no cross-CPU interrupt (measured ~15% less CPU per job).
         cores = sorted(os.sched_getaffinity(0))
         os.sched_setaffinity(0, {cores[int(config["slot"]) % len(cores)]})
-    for name in PREIMPORTS:
-        importlib.import_module(name)
-    detach_worker()
+    detach()
+    # Started before we leave the host's view: it imports from the checkout, then joins us.
+    zygote = ZygoteHandle()
+    try:
+        state, info = _isolate(config, zygote)
+    except BaseException:
+        zygote.close()
+        raise
+    state.null_fd = os.open(os.devnull, os.O_RDWR)
+    gc.freeze()  # fewer copy-on-write faults in the forked test process
+    return state, info
+
+
+def _isolate(config: dict[str, Any], zygote: ZygoteHandle) -> tuple[WorkerState, dict[str, Any]]:
     if config.get("unsafe"):
-        return WorkerState(tempfile.mkdtemp(prefix="factory-code-"), None, None), {"isolation": "none"}
+        state = WorkerState(tempfile.mkdtemp(prefix="factory-code-"), None, None, zygote=zygote)
+        zygote.join({"unsafe": True, "uid": None, "program_ns": False, "pidns": False, "seccomp": False})
+        return state, {"isolation": "none"}
     base = int(config["base_uid"]) + 2 * int(config["slot"])
-    state = WorkerState("/tmp", base, base + 1, namespaces=True)
+    state = WorkerState("/tmp", base, base + 1, namespaces=True, zygote=zygote)
     layers: dict[str, str] = {}
     # "without": layers switched off only to measure what each costs (benchmarks).
     without = set(config.get("without") or ())
@@ -166,13 +175,18 @@ def _isolate(config: dict[str, Any]) -> tuple[WorkerState, dict[str, Any]]:
     if state.cgroup is not None:
         kill_cgroup_members(state.cgroup.paths)  # a crashed predecessor's leftovers
         layers["cgroup"] = f"v{state.cgroup.version}: 1 CPU, memory_mb, {PROCESS_LIMIT} pids"
-    state.pidns, layers["pidns"] = _optional("PID namespace", PidNamespaces, "pidns" in without)
     try:
         view = isolate_worker(config.get("hidden") or [])
+        joined = zygote.join({"unsafe": False, "uid": state.program_uid, "program_ns": state.program_ns,
+                              "pidns": "pidns" not in without, "seccomp": state.seccomp,
+                              "worker_pid": os.getpid()},
+                             state.cgroup.procs_fds if state.cgroup is not None else [])
     except BaseException:
         if state.cgroup is not None:  # still reachable: /sys is only gone after isolation
             state.cgroup.remove()
         raise
+    layers["pidns"] = joined["pidns"] if "pidns" not in without else "off: disabled"
+    state.pidns = layers["pidns"] == "on"
     layers.update({"netns": "on", "mountns": "on", "root": "minimal, read-only", "uid": f"{base}/{base + 1}",
                    "program_ns": "on: IPC+mount namespace, fresh /tmp/work" if state.program_ns else "off: disabled",
                    "seccomp": "on: keyring refused" if state.seccomp else "off: disabled"})
@@ -198,27 +212,13 @@ def _optional(what: str, build: Callable[[], Any], disabled: bool = False) -> tu
 
 
 def _probe(state: WorkerState) -> None:
-    """Fork one sandboxed child that checks the isolation actually holds."""
-    def check() -> int:
-        _program_sandbox(state, 256, 4.0, None)
-        if os.geteuid() == 0:
-            return 5
-        if os.path.exists("/sys/fs") or os.path.exists("/home"):
-            return 6
-        alone = os.getpid() == 1 and [p for p in os.listdir("/proc") if p.isdigit()] == ["1"]
-        if state.pidns is not None and state.program_ns and not alone:
-            return 7
-        with socket.socket() as probe:
-            probe.settimeout(1)
-            try:
-                probe.connect(("127.0.0.1", 9))
-                return 3
-            except OSError as exc:  # loopback down in a fresh namespace: unreachable
-                return 0 if exc.errno == errno.ENETUNREACH else 4
-
-    pid = _fork(check, (0, 1, 2), [], state)
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
+    """One sandboxed child, forked as programs are, checks that the isolation actually holds."""
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        pid = state.zygote.spawn(PROBE, 256, 4.0, None, [null, null, null])
+    finally:
+        os.close(null)
+    code = os.waitstatus_to_exitcode(state.zygote.end(pid, kill=False))
     if code != 0:
         raise SandboxUnavailable(f"sandbox self-check failed (code {code}): could not drop to uid "
                                  f"{state.program_uid}, the network is reachable or the host is visible")
@@ -259,30 +259,13 @@ def _remove_tree(path: str) -> None:
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _fork(body: Callable[[], int], stdio: tuple[int, int, int], keep: list[int], state: WorkerState,
-          program: bool = True) -> int:
-    """Fork a child whose fds are exactly ``stdio`` as 0-2 and ``keep`` as 3, 4, ...
-
-    A program child starts in a PID namespace of its own (it is its init) and
-    in the slot's cgroup, joined before anything else runs.
-    """
-    fresh_pidns = program and state.pidns is not None
-    if fresh_pidns:
-        state.pidns.next_fork()
-    try:
-        pid = os.fork()
-    except OSError:
-        if fresh_pidns:
-            state.pidns.after_fork()
-        raise
+def _fork(body: Callable[[], int], stdio: tuple[int, int, int], keep: list[int]) -> int:
+    """Fork a child (the test process) whose fds are exactly ``stdio`` as 0-2 and ``keep`` as 3, 4, ..."""
+    pid = os.fork()
     if pid:
-        if fresh_pidns:
-            state.pidns.after_fork()
         return pid
     code = 70
     try:
-        if program and state.cgroup is not None:
-            state.cgroup.join()
         sources = [fcntl.fcntl(fd, fcntl.F_DUPFD, 1000) for fd in (*stdio, *keep)]
         for target, fd in enumerate(sources):
             os.dup2(fd, target)
@@ -292,191 +275,113 @@ def _fork(body: Callable[[], int], stdio: tuple[int, int, int], keep: list[int],
         os._exit(code)
 
 
-class Spawner:
-    """The process that forks every program: forked from the worker before the
-    first job, it never reads a job's content. The worker hands it file
-    descriptors and a memfd holding the program; the forked child reads that.
-    So a program searching its own memory (frames, ``gc``, raw heap) finds no
-    tests, expected outputs, verdicts or other programs, of this job or any other.
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+# Without ``site`` (-S): ~1 MB less mapped in every program's parent (the venv's
+# .pth hooks import pathlib, zipimport, ...); it gets our sys.path instead, and
+# ``zygote.main`` adds the builtins ``site`` adds (exit, quit, help, ...).
+_ZYGOTE_BOOT = ("import sys; sys.path[:] = [{root!r}] + sys.argv[2:]; "
+                "from verifiers.code.zygote import main; main()")
+
+
+class ZygoteDied(OSError):
+    """The worker's zygote is gone (killed from outside); the pool replaces the worker."""
+
+
+class ZygoteHandle:
+    """The worker's end of its zygote (see ``zygote``): it forks every program.
+
+    Started as a fresh interpreter, so that what it has mapped (and every
+    program's fork pays for) is only what programs need, and it never held
+    anything of the worker's: no job, test or verdict. Programs see the
+    worker's ``sys.path`` and the builtins ``site`` defines.
     """
 
-    def __init__(self, state: WorkerState) -> None:
+    def __init__(self) -> None:
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                # Not the worker's job and reply streams (EOF must reach the pool when it dies).
-                _close_all_but({theirs.fileno(), 2, *_state_fds(state)})
-                prctl_subreaper()
-                _spawn_loop(theirs, state)
-                code = 0
-            finally:
-                os._exit(code)
-        theirs.close()
-        self.pid = pid
-
-    def _ask(self, request: dict[str, Any], fds: list[int] = ()) -> dict[str, Any]:
-        socket.send_fds(self.sock, [json.dumps(request).encode()], list(fds))
-        reply = self.sock.recv(1 << 16)
-        if not reply:
-            raise OSError(errno.EPIPE, "the spawner died")
-        return json.loads(reply)
-
-    def spawn(self, request: dict[str, Any], fds: list[int]) -> int:
-        reply = self._ask({"op": "spawn", **request}, fds)
-        if "pid" not in reply:
-            raise OSError(errno.EAGAIN, f"spawn failed: {reply.get('error')}")
-        return int(reply["pid"])
-
-    def close(self) -> None:
-        self.sock.close()  # EOF: the spawner returns
         try:
-            os.waitpid(self.pid, 0)
-        except ChildProcessError:
-            pass
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _ZYGOTE_BOOT.format(root=_PACKAGE_ROOT), str(theirs.fileno()),
+                 *sys.path],
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, close_fds=True)
+        finally:
+            theirs.close()
+
+    def join(self, config: dict[str, Any], fds: list[int] = ()) -> dict[str, Any]:
+        """Have it join our namespaces and confine itself; its report (``pidns``)."""
+        socket.send_fds(self.sock, [json.dumps(config).encode()], list(fds))
+        reply = self.sock.recv(1 << 16)
+        info = json.loads(reply) if reply else {"ready": False, "error": "the zygote exited during start-up"}
+        if not info.get("ready"):
+            raise SandboxUnavailable(str(info.get("error")))
+        return info
+
+    def spawn(self, mode: int, memory_mb: int, timeout_s: float, workdir: str | None, fds: list[int]) -> int:
+        """Fork a program whose descriptors are ``fds`` (0, 1, 2, ...); its pid."""
+        return self._ask(request_spawn(mode, memory_mb, timeout_s, workdir), fds)
+
+    def end(self, pid: int, kill: bool = True) -> int:
+        """Kill (unless ``kill`` is false) and reap a program; its wait status."""
+        return self._ask(request_end(pid, kill))
+
+    def _ask(self, request: bytes, fds: list[int] = ()) -> int:
+        try:
+            if fds:
+                socket.send_fds(self.sock, [request], list(fds))
+            else:
+                self.sock.send(request)
+            reply = self.sock.recv(4096)
+        except (BrokenPipeError, ConnectionResetError):
+            reply = b""
+        if not reply:
+            raise ZygoteDied(errno.EPIPE, "the zygote died")
+        return read_reply(reply)
 
     def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        self.sock.close()  # EOF: it returns
         try:
-            return os.waitpid(self.pid, os.WNOHANG)[0] == 0
-        except ChildProcessError:
-            return False
-
-    def reap(self, pid: int) -> int:
-        """Wait for ``pid`` (already killed) and return its wait status."""
-        return int(self._ask({"op": "reap", "pid": pid})["status"])
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
-def _state_fds(state: WorkerState) -> list[int]:
-    fds = []
-    if state.cgroup is not None:
-        fds += [*state.cgroup.procs_fds, state.cgroup.cpu_fd, state.cgroup.events_fd, *state.cgroup.memory_fds]
-    if state.pidns is not None:
-        fds.append(state.pidns.own)
-    return fds
-
-
-def _close_all_but(keep: set[int]) -> None:
-    low = 0
-    for fd in sorted(keep):
-        os.closerange(low, fd)
-        low = fd + 1
-    os.closerange(low, 1 << 16)
-
-
-def prctl_subreaper() -> None:
-    try:
-        detach_worker()
-    except OSError:
-        pass
-
-
-def _spawn_loop(sock: socket.socket, state: WorkerState) -> None:
-    while True:
-        message, fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, 16)
-        if not message:
-            return
-        request = json.loads(message)
-        if request["op"] == "spawn":
-            try:
-                reply = {"pid": _fork(lambda: _program_main(request, state), tuple(fds[:3]), fds[3:], state)}
-            except OSError as exc:
-                reply = {"error": str(exc)}
-            finally:
-                for fd in fds:
-                    os.close(fd)
-        else:
-            for fd in fds:
-                os.close(fd)
-            try:
-                status = os.waitpid(int(request["pid"]), 0)[1]
-            except ChildProcessError:
-                status = 0
-            _reap_orphans()
-            reply = {"status": status}
-        sock.send(json.dumps(reply).encode())
-
-
-def _reap_orphans() -> None:
-    while True:
-        try:
-            if os.waitpid(-1, os.WNOHANG)[0] == 0:
-                return
-        except ChildProcessError:
-            return
-
-
-def _program_main(request: dict[str, Any], state: WorkerState) -> int:
-    """The forked program: fds 0-2, then the job's pipes, the violation pipe and
-    (last) the memfd with ``{"program", "prompt", "entry_point"}``."""
-    spec_fd = int(request["fds"]) - 1
-    with open(spec_fd, "rb") as f:
-        spec = json.loads(f.read())
-    home = _program_sandbox(state, int(request["memory_mb"]), float(request["timeout_s"]), request.get("workdir"))
-    if request["mode"] == "function":
-        harness.install_policy_hook(home, violation_fd=5)
-        harness.serve_program(spec["program"], spec, rfd=3, wfd=4)
-        return 0
-    harness.install_policy_hook(home, violation_fd=3)
-    sys.stdin = open(0, "r", encoding="utf-8", errors="replace", closefd=False)
-    sys.stdout = open(1, "w", encoding="utf-8", errors="replace", closefd=False)
-    sys.stderr = open(2, "w", encoding="utf-8", errors="replace", closefd=False)
-    return harness.run_script(spec["program"])
-
-
-def _spec_memfd(program: str, tests: dict[str, Any]) -> int:
-    """The program, and the only parts of its tests it may see, in a memfd for the child."""
-    fd = os.memfd_create("program", os.MFD_CLOEXEC)
-    data = json.dumps({"program": program, "prompt": tests.get("prompt") or "",
-                       "entry_point": tests.get("entry_point")}).encode()
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-    os.lseek(fd, 0, os.SEEK_SET)
-    return fd
-
-
-def _spawn(state: WorkerState, mode: str, program: str, tests: dict[str, Any], memory_mb: int,
+def _spawn(state: WorkerState, mode: int, program: str, tests: dict[str, Any], memory_mb: int,
            timeout_s: float, workdir: str | None, stdio: tuple[int, int, int], keep: list[int]) -> int:
-    spec = _spec_memfd(program, tests)
+    """Have the zygote fork a program; the program (and the only parts of its tests it
+    may see) reaches the child in a memfd that the zygote never reads."""
+    spec = os.memfd_create("program", os.MFD_CLOEXEC)
     try:
-        fds = [*stdio, *keep, spec]
-        return state.spawner.spawn({"mode": mode, "memory_mb": memory_mb, "timeout_s": timeout_s,
-                                    "workdir": workdir, "fds": len(fds)}, fds)
+        view = memoryview(encode_spec(program, tests.get("prompt") or "", tests.get("entry_point")))
+        while view:
+            view = view[os.write(spec, view):]
+        return state.zygote.spawn(mode, memory_mb, timeout_s, workdir, [*stdio, *keep, spec])
     finally:
         os.close(spec)
 
 
-def _program_sandbox(state: WorkerState, memory_mb: int, timeout_s: float, workdir: str | None) -> str:
-    """In a forked program: its sandbox (or, unsafe, ``workdir``); returns its working directory."""
-    limits = Limits(memory_mb, timeout_s + 1)
-    if not state.namespaces:
-        return drop_privileges(state.program_uid, workdir, limits)
-    # The cgroup was joined in _fork, before the file descriptors were closed.
-    if not state.program_ns:
-        return drop_privileges(state.program_uid, "/tmp", limits, state.seccomp)
-    return enter_program_sandbox(state.program_uid, limits, state.pidns is not None, state.seccomp)
+def _end_program(pid: int, state: WorkerState) -> int:
+    """Kill the program and whatever it started, reap them; the program's wait status.
 
-
-def _kill_and_reap(pids: list[int], state: WorkerState) -> dict[int, int]:
-    """SIGKILL each program's group and the program, then the strays; the spawner
-    reaps them and says how they exited."""
-    # Kill before reaping: a reaped pid (and so its group id) could be reused.
-    for pid in pids:
-        for kill in (os.killpg, os.kill):
-            try:
-                kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+    The zygote reaps the program only on ``end``, so until then its pid (and
+    process group) are its own: signalling them here cannot reach another process.
+    """
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
     _reap_strays(state)
-    return {pid: state.spawner.reap(pid) for pid in pids}
+    return state.zygote.end(pid)
 
 
 def _reap_strays(state: WorkerState) -> None:
     """In a PID namespace nothing outlives the program (the kernel kills the
-    namespace with its init); without one, kill the program's uid. The spawner
+    namespace with its init); without one, kill the program's uid. The zygote
     (a subreaper) reaps the orphans."""
-    if state.pidns is None and state.program_uid is not None:
+    if not state.pidns and state.program_uid is not None:
         _kill_uids([state.program_uid])
 
 
@@ -550,7 +455,7 @@ class TestServer:
             _serve_tests(control_fd=3, report_fd=4)
             return 0
 
-        self.pid = _fork(serve, (null, null, null), [theirs.fileno(), report_w], state, program=False)
+        self.pid = _fork(serve, (null, null, null), [theirs.fileno(), report_w])
         for fd in (report_w, null):
             os.close(fd)
         theirs.close()
@@ -558,7 +463,7 @@ class TestServer:
         self.buffer = bytearray()
 
     def submit(self, job: int, tests: dict[str, Any], wfd: int, rfd: int) -> None:
-        payload = json.dumps({"job": job, "tests": tests}).encode()
+        payload = wire.dumps({"job": job, "tests": tests})
         socket.send_fds(self.control, [len(payload).to_bytes(4, "big")], [wfd, rfd])
         self.control.sendall(payload)
         self.jobs += 1
@@ -576,7 +481,7 @@ class TestServer:
                 if len(self.buffer) < 4 + size:
                     break
                 try:
-                    frame = json.loads(bytes(self.buffer[4:4 + size]))
+                    frame = wire.loads(bytes(self.buffer[4:4 + size]))
                 except ValueError:
                     return frames, False, True
                 del self.buffer[:4 + size]
@@ -624,7 +529,7 @@ def _serve_tests(control_fd: int, report_fd: int) -> None:
             if not chunk:
                 return
             payload += chunk
-        message = json.loads(payload)
+        message = wire.loads(bytes(payload))
         wfd, rfd = fds
         try:
             harness.run_test_side(message["tests"], wfd=wfd, rfd=rfd, report_fd=report_fd, job=message["job"])
@@ -645,17 +550,17 @@ def _run_functions(program: str, tests: dict[str, Any], timeout_s: float, memory
     t2p_r, t2p_w = os.pipe()
     p2t_r, p2t_w = os.pipe()
     viol_r, viol_w = _violation_pipe()
-    null = os.open(os.devnull, os.O_RDWR)
     oom0 = _start_job(state, memory_mb)
     budget = Budget(timeout_s, state.cgroup)
+    null = state.null_fd
     try:
-        program_pid = _spawn(state, "function", program, tests, memory_mb, timeout_s, workdir,
+        program_pid = _spawn(state, FUNCTION, program, tests, memory_mb, timeout_s, workdir,
                              (null, null, null), [t2p_r, p2t_w, viol_w])
     except OSError:
-        for fd in (t2p_r, p2t_w, viol_w, null, t2p_w, p2t_r, viol_r):
+        for fd in (t2p_r, p2t_w, viol_w, t2p_w, p2t_r, viol_r):
             os.close(fd)
         raise
-    for fd in (t2p_r, p2t_w, viol_w, null):  # only the two processes may hold the pipe ends (EOF = death)
+    for fd in (t2p_r, p2t_w, viol_w):  # only the two processes may hold the pipe ends (EOF = death)
         os.close(fd)
     state.runs += 1
     job = state.runs
@@ -673,11 +578,13 @@ def _run_functions(program: str, tests: dict[str, Any], timeout_s: float, memory
         frames, timed_out, broken = server.collect(job, budget)
     except OSError:
         frames, timed_out, broken = [], False, True
+    finally:
+        # Whatever happened: the zygote waits for this program's death before its next fork.
+        _end_program(program_pid, state)
     why_timeout = budget.describe() if timed_out else ""
     if timed_out or broken or server.jobs >= TEST_SERVER_JOBS:
         server.close()
         state.test_server = None
-    _kill_and_reap([program_pid], state)
     violation, memory = _read_violation(viol_r), _memory_verdict(state, oom0, memory_mb)
     if workdir is not None:
         _remove_tree(workdir)
@@ -738,7 +645,7 @@ def _run_stdio_case(program: str, stdin_text: str, expected: str, timeout_s: flo
     oom0 = _start_job(state, memory_mb)
     budget = Budget(timeout_s, state.cgroup)
     try:
-        pid = _spawn(state, "stdio", program, {}, memory_mb, timeout_s, workdir, (in_r, out_w, err_w), [viol_w])
+        pid = _spawn(state, STDIO, program, {}, memory_mb, timeout_s, workdir, (in_r, out_w, err_w), [viol_w])
     except OSError:
         for fd in (in_r, out_w, err_w, viol_w, in_w, out_r, err_r, viol_r):
             os.close(fd)
@@ -750,7 +657,7 @@ def _run_stdio_case(program: str, stdin_text: str, expected: str, timeout_s: flo
         outcome = _pump(pidfd, stdin_text.encode(), in_w, out_r, err_r, budget)
     finally:
         os.close(pidfd)
-        outcome_status = _kill_and_reap([pid], state)[pid]
+        outcome_status = _end_program(pid, state)
     out, err = _drain(out_r, outcome["out"]), _drain(err_r, outcome["err"])
     violation, memory = _read_violation(viol_r), _memory_verdict(state, oom0, memory_mb)
     if workdir is not None:
