@@ -9,6 +9,7 @@ killed-then-resumed offline run; every test here asserts on those.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import psutil
 import pyarrow.parquet as pq
 import pytest
 
@@ -123,17 +125,27 @@ def offline_run(home: Path, tmp_path_factory) -> dict:
     run_dir = home / "runs" / "vllm_gen"
     proc = subprocess.Popen([sys.executable, "-m", "cli", "generate", "--recipe", str(recipe), "--quiet"],
                             cwd=work, env=cli_env(home), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    engine: list[psutil.Process] = []
+    engine_names: list[str] = []
+    orphans: list[psutil.Process] = []
     try:
         wait_for(lambda: (run_dir / "samples").exists() and len(stored_rows(run_dir, ["sample_id"])) >= 8,
                  timeout=STARTUP_S, what="first vllm samples", proc=proc)
+        engine = psutil.Process(proc.pid).children(recursive=True)  # EngineCore, its workers, the reaper
+        engine_names = [" ".join(p.cmdline()) for p in engine]
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
+        _, orphans = psutil.wait_procs(engine, timeout=30)  # the reaper ends them (SIGTERM, then SIGKILL after 5 s)
     finally:
         if proc.poll() is None:
             proc.kill()
+    for orphan in orphans:
+        with contextlib.suppress(psutil.Error):
+            orphan.kill()
     killed_with = len(stored_rows(run_dir, ["sample_id"]))
     resumed = run_cli("generate", "--recipe", str(recipe), "--quiet", home=home, cwd=work, timeout=STARTUP_S)
-    return {"recipe": recipe, "run_dir": run_dir, "work": work, "killed_with": killed_with, "resumed": resumed}
+    return {"recipe": recipe, "run_dir": run_dir, "work": work, "killed_with": killed_with, "resumed": resumed,
+            "engine_names": engine_names, "orphans": orphans}
 
 
 def test_vllm_backend_resumes_after_sigkill_exactly_once(offline_run: dict) -> None:
@@ -143,6 +155,12 @@ def test_vllm_backend_resumes_after_sigkill_exactly_once(offline_run: dict) -> N
     assert 8 <= offline_run["killed_with"] < len(expected), "the kill landed before the run finished"
     assert Counter(ids).most_common(1)[0][1] == 1, "a sample was written twice"
     assert set(ids) == expected
+
+
+def test_vllm_engine_processes_end_with_a_killed_generate(offline_run: dict) -> None:
+    """vLLM's EngineCore outlives a SIGKILLed parent and keeps its (GPU) memory; the reaper ends it."""
+    assert any("EngineCore" in name for name in offline_run["engine_names"]), offline_run["engine_names"]
+    assert not offline_run["orphans"], f"left running: {[p.pid for p in offline_run['orphans']]}"
 
 
 def test_vllm_rows_carry_sampling_think_split_and_lineage(offline_run: dict) -> None:

@@ -22,6 +22,7 @@ from factory.errors import TeacherError
 from factory.recipe import TeacherConfig
 from factory.teachers.base import Completion, GenerationRequest, Teacher, split_think
 from factory.teachers.openai_backend import _close_think
+from factory.teachers.reaper import start_reaper
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class VLLMTeacher(Teacher):
         self.batch_size = int(getattr(self.options, "batch_size", DEFAULT_BATCH_SIZE))
         self.seed = int(getattr(self.options, "seed", 0))
         self._llm: Any = None
+        self._reaper: Any = None  # ends vLLM's engine processes if this process is killed (see reaper.py)
 
     def check(self) -> None:
         """vllm importable and the model loadable (loading is most of the check)."""
@@ -81,6 +83,8 @@ class VLLMTeacher(Teacher):
         if self.options.max_model_len is not None:
             kwargs["max_model_len"] = self.options.max_model_len
         kwargs.update(getattr(self.options, "engine_args", None) or {})
+        if self._reaper is None:
+            self._reaper = start_reaper()
         started = time.monotonic()
         try:
             self._llm = vllm.LLM(**kwargs)
