@@ -6,8 +6,9 @@ import asyncio
 import re
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import groupby
 from typing import Any
 
 THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL)
@@ -129,3 +130,18 @@ def _in_running_loop() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+def batches_by_settings(requests: Iterable[GenerationRequest], size: int) -> Iterator[list[GenerationRequest]]:
+    """Consecutive requests with equal sampling settings, `size` at a time: one forward pass each.
+
+    Order is kept, so the same requests always form the same batches (each batch is seeded from its first)."""
+    for _, same in groupby(requests, key=lambda r: (r.temperature, r.top_p, r.max_new_tokens)):
+        chunk: list[GenerationRequest] = []
+        for request in same:
+            chunk.append(request)
+            if len(chunk) == size:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk

@@ -19,13 +19,12 @@ import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Iterable, Iterator
-from itertools import groupby
 from pathlib import Path
 from typing import Any
 
 from factory.errors import FactoryError, TeacherError
 from factory.recipe import TeacherConfig
-from factory.teachers.base import Completion, GenerationRequest, Teacher
+from factory.teachers.base import Completion, GenerationRequest, Teacher, batches_by_settings
 
 log = logging.getLogger(__name__)
 
@@ -126,15 +125,7 @@ class RayTeacher(Teacher):
     def batches(self, requests: Iterable[GenerationRequest]) -> Iterator[list[GenerationRequest]]:
         """The batches the local teacher would form, so that each sample comes out the same."""
         size = self.config.transformers.batch_size if self.backend == "transformers" else VLLM_CHUNK
-        for _, same in groupby(requests, key=lambda r: (r.temperature, r.top_p, r.max_new_tokens)):
-            chunk: list[GenerationRequest] = []
-            for request in same:
-                chunk.append(request)
-                if len(chunk) == size:
-                    yield chunk
-                    chunk = []
-            if chunk:
-                yield chunk
+        return batches_by_settings(requests, size)
 
     async def astream(self, requests: Iterable[GenerationRequest]) -> AsyncIterator[Completion]:
         self.check()

@@ -6,12 +6,11 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable
-from itertools import groupby
 from typing import Any
 
 from factory.errors import TeacherError
 from factory.recipe import TeacherConfig
-from factory.teachers.base import Completion, GenerationRequest, Teacher, split_think
+from factory.teachers.base import Completion, GenerationRequest, Teacher, batches_by_settings, split_think
 
 log = logging.getLogger(__name__)
 
@@ -106,21 +105,7 @@ class TransformersTeacher(Teacher):
                 yield completion
 
     def _batches(self, requests: Iterable[GenerationRequest]) -> Iterable[list[GenerationRequest]]:
-        size = self.options.batch_size
-
-        def settings(r: GenerationRequest) -> tuple[float, float, int]:
-            return (r.temperature, r.top_p, r.max_new_tokens)
-
-        # Consecutive requests with equal settings share a forward pass; order is kept for determinism.
-        for _, same in groupby(requests, key=settings):
-            chunk: list[GenerationRequest] = []
-            for request in same:
-                chunk.append(request)
-                if len(chunk) == size:
-                    yield chunk
-                    chunk = []
-            if chunk:
-                yield chunk
+        return batches_by_settings(requests, self.options.batch_size)
 
     def _context_limit(self) -> int | None:
         """Positions the model was built for; generating past them only yields noise."""
